@@ -1,0 +1,87 @@
+"""Settings from the PAYMENTS_* environment, validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+_BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
+
+
+class SettingsError(ValueError):
+    """A missing or malformed setting; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str | None = None
+    database_url: str | None = None
+    web_port: int = 6066
+    data_dir: Path = field(default_factory=lambda: Path(".data"))
+    partitions: int = 8
+    psp_url: str | None = None
+    risk_max_amount: int = 100_000_000  # per payment, minor units: above it -> risk_rejected
+    ledger_batch_size_max: int = 500
+    ledger_flush_interval_seconds: float = 0.02
+
+    def with_infrastructure(self, kafka_bootstrap: str, database_url: str) -> Settings:
+        return replace(self, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
+
+    def require_infrastructure(self) -> tuple[str, str]:
+        """What `worker` needs: embedded defaults exist only for `demo`."""
+        if not self.kafka_bootstrap:
+            raise SettingsError("PAYMENTS_KAFKA_BOOTSTRAP is not set (host:port[,host:port])")
+        if not self.database_url:
+            raise SettingsError("PAYMENTS_DATABASE_URL is not set (postgresql://...)")
+        return self.kafka_bootstrap, self.database_url
+
+
+def _integer(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is outside {low}..{high}")
+    return value
+
+
+def _number(env: dict[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is outside {low}..{high}")
+    return value
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    bootstrap = env.get("PAYMENTS_KAFKA_BOOTSTRAP") or None
+    if bootstrap is not None and not _BOOTSTRAP.match(bootstrap):
+        raise SettingsError(f"PAYMENTS_KAFKA_BOOTSTRAP={bootstrap!r} is not host:port[,host:port]")
+    database_url = env.get("PAYMENTS_DATABASE_URL") or None
+    if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"PAYMENTS_DATABASE_URL={database_url!r} is not a postgresql:// URL")
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        database_url=database_url,
+        web_port=_integer(env, "PAYMENTS_WEB_PORT", 6066, 1, 65535),
+        data_dir=Path(env.get("PAYMENTS_DATA_DIR") or ".data"),
+        partitions=_integer(env, "PAYMENTS_PARTITIONS", 8, 1, 1024),
+        psp_url=env.get("PAYMENTS_PSP_URL") or None,
+        risk_max_amount=_integer(env, "PAYMENTS_RISK_MAX_AMOUNT", 100_000_000, 1, 2**63 - 1),
+        ledger_batch_size_max=_integer(env, "PAYMENTS_LEDGER_BATCH_SIZE_MAX", 500, 1, 10_000),
+        ledger_flush_interval_seconds=_number(
+            env, "PAYMENTS_LEDGER_FLUSH_INTERVAL_SECONDS", 0.02, 0.0, 5.0
+        ),
+    )
