@@ -1,0 +1,154 @@
+"""LedgerStore: the PostgreSQL ledger of record behind an asyncpg pool.
+
+Every operation runs through `_run`, which retries transient errors (restarts, dropped
+connections, serialization failures) until a deadline. Writes are idempotent by
+transaction_id, so a retry after an unknown outcome (commit sent, answer lost) finds the
+first attempt's rows: it then reports applied=False with stored_origin equal to the
+caller's own origin, which the caller can recognise as its own write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+from uuid import UUID
+
+import asyncpg
+
+from ledger import accounts, journal, reads
+from ledger.accounts import AccountRow
+from ledger.reads import DailyBalance, StatementEntry
+from ledger.retry import with_retry
+from models.ledger import JournalEntry, assert_balanced
+
+__all__ = ["AccountRow", "DailyBalance", "LedgerStore", "Origin", "StatementEntry", "WriteResult"]
+
+T = TypeVar("T")
+Work = Callable[[asyncpg.Connection], Awaitable[T]]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the request that wrote an entry came from (a Kafka record's coordinates)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    applied: bool  # True: written by this call; False: the transaction_id was already there
+    stored_fingerprint: str  # of the first write: differs from ours on a conflicting payload
+    stored_origin: Origin
+
+
+class LedgerStore:
+    def __init__(self, pool: asyncpg.Pool, retry_deadline_seconds: float) -> None:
+        self._pool = pool
+        self.retry_deadline_seconds = retry_deadline_seconds
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, min_size: int = 1, max_size: int = 10,
+        retry_deadline_seconds: float = 60.0, connect_timeout_seconds: float = 10.0,
+    ) -> LedgerStore:
+        async def create() -> asyncpg.Pool:
+            return await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, timeout=connect_timeout_seconds
+            )
+
+        pool = await with_retry(create, deadline_seconds=retry_deadline_seconds, what="connect")
+        return cls(pool, retry_deadline_seconds)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _run(self, work: Work[T], *, what: str, deadline_seconds: float | None = None) -> T:
+        async def attempt() -> T:
+            async with self._pool.acquire() as connection:
+                return await work(connection)
+
+        return await with_retry(
+            attempt, what=what, on_connection_error=self._pool.expire_connections,
+            deadline_seconds=deadline_seconds or self.retry_deadline_seconds,
+        )
+
+    async def write_batch(
+        self, entries: Sequence[tuple[JournalEntry, Origin]], *, deadline_seconds: float | None = None
+    ) -> list[WriteResult]:
+        """Write the entries in one transaction; one result per entry, in input order."""
+        for entry, _ in entries:
+            assert_balanced(entry.postings)  # again: the entry may have been built elsewhere
+        firsts: dict[UUID, tuple[JournalEntry, Origin]] = {}
+        for entry, origin in entries:
+            firsts.setdefault(entry.transaction_id, (entry, origin))
+        if not firsts:
+            return []
+        unique = list(firsts.values())
+        applied, stored = await self._run(
+            lambda connection: _write_unique(connection, unique),
+            what="write_batch", deadline_seconds=deadline_seconds,
+        )
+        seen: set[UUID] = set()
+        results = []
+        for entry, _ in entries:
+            transaction_id = entry.transaction_id
+            results.append(WriteResult(transaction_id in applied and transaction_id not in seen,
+                                       *stored[transaction_id]))
+            seen.add(transaction_id)
+        return results
+
+    async def open_account(self, account: AccountRow) -> AccountRow:
+        """Open the account unless it exists; return the stored row (compare it to detect a conflict)."""
+        return await self._run(lambda connection: accounts.open_account(connection, account),
+                               what="open_account")
+
+    async def get_account(self, account_id: str) -> AccountRow | None:
+        return await self._run(lambda connection: accounts.get_account(connection, account_id),
+                               what="get_account")
+
+    async def balances(self) -> dict[str, int]:
+        return await self._run(reads.balances, what="balances")
+
+    async def unbalanced_transactions(self) -> list[UUID]:
+        return await self._run(reads.unbalanced_transactions, what="unbalanced_transactions")
+
+    async def statement(
+        self, account_id: str, *, after_posting_id: int = 0, limit: int = 100
+    ) -> list[StatementEntry]:
+        return await self._run(
+            lambda connection: reads.statement(connection, account_id, after_posting_id, limit),
+            what="statement",
+        )
+
+    async def outbox_backlog(self) -> tuple[int, float]:
+        """(unpublished outbox rows, age in seconds of the oldest; 0 when none)."""
+        return await self._run(reads.outbox_backlog, what="outbox_backlog")
+
+    async def rebuild_daily_balances(self) -> int:
+        return await self._run(reads.rebuild_daily_balances, what="rebuild_daily_balances")
+
+    async def daily_balances(self, account_id: str) -> list[DailyBalance]:
+        return await self._run(lambda connection: reads.daily_balances(connection, account_id),
+                               what="daily_balances")
+
+
+async def _write_unique(
+    connection: asyncpg.Connection, unique: list[tuple[JournalEntry, Origin]]
+) -> tuple[set[UUID], dict[UUID, tuple[str, Origin]]]:
+    """Write entries with distinct transaction ids; return (ids written now, first writes)."""
+    async with connection.transaction():
+        applied = await journal.insert_transactions(connection, unique)
+        new = [(entry, origin) for entry, origin in unique if entry.transaction_id in applied]
+        await journal.ensure_settlement_accounts(connection, new)
+        await journal.insert_postings(connection, new)
+        await journal.insert_outbox(connection, new)
+        duplicates = [entry.transaction_id for entry, _ in unique if entry.transaction_id not in applied]
+        rows = await journal.stored_first_writes(connection, duplicates)
+    stored = {entry.transaction_id: (entry.fingerprint, origin) for entry, origin in new}
+    for transaction_id, row in rows.items():
+        origin = Origin(row["origin_topic"], row["origin_partition"], row["origin_offset"])
+        stored[transaction_id] = (row["fingerprint"], origin)
+    return applied, stored
