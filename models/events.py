@@ -140,7 +140,6 @@ class PaymentRefunded(Event):
     idempotency_key: str
     amount: int
     currency: str
-    refunded_total: int
     transaction_id: UUID
 
     @property

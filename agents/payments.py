@@ -1,0 +1,81 @@
+"""The payment owner: each payment's record, its one outcome, and its refunds."""
+
+from __future__ import annotations
+
+import faust
+
+from agents.runtime import Runtime
+from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from infra.topics import PAYMENT_STEPS
+from models import payment as flow
+from models.outputs import Output
+from models.payment import PaymentRecord
+from models.routing import PAYMENT_STEP
+from models.steps import (
+    Origin,
+    PaymentAuthorizedStep,
+    PaymentPosted,
+    PaymentStep,
+    PaymentStepFailed,
+    PaymentSubmitted,
+    RefundPosted,
+    RefundStepFailed,
+    RefundSubmitted,
+)
+
+Reaction = tuple[PaymentRecord | None, list[Output]]
+
+
+def react(record: PaymentRecord | None, step: PaymentStep, origin: Origin, risk_max_amount: int
+          ) -> Reaction:
+    match step:
+        case PaymentSubmitted():
+            return flow.submit(record, step.payment_id, step.fingerprint, step.command, origin,
+                               risk_max_amount)
+        case RefundSubmitted():
+            return flow.submit_refund(record, step, origin)
+    if record is None:
+        return None, []  # news about a payment never submitted here: nothing to update
+    match step:
+        case PaymentAuthorizedStep():
+            return flow.authorized(record, step), []
+        case PaymentStepFailed():
+            return flow.step_failed(record, step)
+        case PaymentPosted():
+            return flow.posted(record, step), []
+        case RefundPosted():
+            return flow.refund_posted(record, step), []
+        case RefundStepFailed():
+            return flow.refund_step_failed(record, step)
+    raise AssertionError(f"unhandled payment step {step!r}")
+
+
+def observe(runtime: Runtime, before: PaymentRecord | None, after: PaymentRecord) -> None:
+    if after.outcome is not None and (before is None or before.outcome is None):
+        reason = after.reason.value if after.reason else ""
+        runtime.metrics.outcomes.labels(after.status, reason).inc()
+        started = after.history[0].at
+        runtime.metrics.end_to_end.labels(after.status).observe(
+            (after.history[-1].at - started).total_seconds())
+
+
+def install(app: faust.App, runtime: Runtime) -> None:
+    risk_max_amount = runtime.settings.risk_max_amount
+
+    async def own_payments(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
+            changed: dict[str, tuple[int, PaymentRecord]] = {}
+            outputs: list[Output] = []
+            for event in events:
+                step = PAYMENT_STEP.validate_json(event.message.value)
+                payment_id = event.message.key.decode()
+                current = runtime.payments.latest(payment_id, changed)
+                record, said = react(current, step, origin_of(event), risk_max_amount)
+                if record is not None and record is not current:
+                    observe(runtime, current, record)
+                    changed[payment_id] = (event.message.partition, record)
+                outputs.extend(said)
+            await runtime.outlet.send(outputs)
+            await runtime.payments.record(changed)
+
+    app.agent(runtime.source(PAYMENT_STEPS), name="payments", concurrency=1)(own_payments)

@@ -1,0 +1,75 @@
+"""The PSP step: authorize and capture at the provider, with retries inside the step.
+
+The calls of one batch run concurrently, so a slow or silent provider holds up its
+batch for at most the retry budget, not every payment behind it one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import faust
+
+from agents.runtime import Runtime
+from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from infra.topics import PSP_STEPS
+from models import psp_flow
+from models.events import FailureReason
+from models.outputs import Output
+from models.routing import PSP_STEP
+from models.steps import AuthorizePayment, Origin
+from psp import PspApproved, PspDeclined, PspRequest, capture_with_retries
+from tables.records import PspOutcomeRecord
+
+
+async def authorize(runtime: Runtime, step: AuthorizePayment) -> PspOutcomeRecord:
+    request = PspRequest(payment_id=step.payment_id, amount=step.payment.amount,
+                         currency=step.payment.currency,
+                         simulation=step.payment.metadata.get("psp_simulation"))
+    metrics = runtime.metrics
+    started = time.perf_counter()
+    outcome = await capture_with_retries(
+        runtime.psp, request, runtime.psp_policy,
+        on_retry=lambda kind: metrics.psp_retries.labels(kind).inc())
+    metrics.psp_duration.observe(time.perf_counter() - started)
+    if isinstance(outcome, PspApproved):
+        metrics.psp_requests.labels("approved").inc()
+        return PspOutcomeRecord(payment_id=step.payment_id, result="approved",
+                                psp_reference=outcome.psp_reference)
+    if isinstance(outcome, PspDeclined):
+        metrics.psp_requests.labels("declined").inc()
+        return PspOutcomeRecord(payment_id=step.payment_id, result="declined", detail=outcome.detail)
+    metrics.psp_requests.labels("error").inc()
+    return PspOutcomeRecord(payment_id=step.payment_id, result="gave_up", detail=outcome.detail)
+
+
+def outputs_for(step: AuthorizePayment, outcome: PspOutcomeRecord, origin: Origin) -> list[Output]:
+    if outcome.result == "approved":
+        assert outcome.psp_reference is not None
+        return psp_flow.approved(step, outcome.psp_reference, origin)
+    reason = FailureReason.PSP_DECLINED if outcome.result == "declined" else FailureReason.PSP_UNAVAILABLE
+    return psp_flow.not_captured(step, reason, outcome.detail or outcome.result, origin)
+
+
+def install(app: faust.App, runtime: Runtime) -> None:
+    async def capture_payments(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
+            started = time.perf_counter()
+            work: dict[str, tuple[faust.EventT, AuthorizePayment]] = {}
+            for event in events:
+                step = PSP_STEP.validate_json(event.message.value)
+                if runtime.psp_outcomes.get(step.payment_id) is None:
+                    work.setdefault(step.payment_id, (event, step))  # decided before: a redelivery
+            steps = [step for _, step in work.values()]
+            outcomes = await asyncio.gather(*(authorize(runtime, step) for step in steps))
+            outputs: list[Output] = []
+            for (event, step), outcome in zip(work.values(), outcomes, strict=True):
+                outputs.extend(outputs_for(step, outcome, origin_of(event)))
+            await runtime.outlet.send(outputs)
+            await runtime.psp_outcomes.record({
+                step.payment_id: (event.message.partition, outcome)
+                for (event, step), outcome in zip(work.values(), outcomes, strict=True)})
+            runtime.metrics.step_duration.labels("psp").observe(time.perf_counter() - started)
+
+    app.agent(runtime.source(PSP_STEPS), name="psp", concurrency=1)(capture_payments)

@@ -1,0 +1,62 @@
+"""What the agents share in one worker: settings, tables, adapters, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import faust
+
+from agents.shell import Outlet
+from infra.metrics import Metrics
+from ledger.store import LedgerStore
+from models.account import AccountState
+from models.payment import PaymentRecord
+from psp import PaymentServiceProvider, RetryPolicy
+from settings import Settings
+from tables.records import PspOutcomeRecord
+from tables.state import StateTable
+
+
+@dataclass
+class Runtime:
+    app: faust.App
+    settings: Settings
+    database_url: str
+    metrics: Metrics
+    psp: PaymentServiceProvider
+    psp_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    outlet: Outlet = field(init=False)
+    payments: StateTable[PaymentRecord] = field(init=False)
+    accounts: StateTable[AccountState] = field(init=False)
+    psp_outcomes: StateTable[PspOutcomeRecord] = field(init=False)
+    _store: LedgerStore | None = None
+    _store_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _sources: dict[str, faust.TopicT] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        partitions = self.settings.partitions
+        self.outlet = Outlet(self.app)
+        self.payments = StateTable(self.app, "payments", PaymentRecord, partitions)
+        self.accounts = StateTable(self.app, "accounts", AccountState, partitions)
+        self.psp_outcomes = StateTable(self.app, "psp_outcomes", PspOutcomeRecord, partitions)
+
+    def source(self, name: str) -> faust.TopicT:
+        if name not in self._sources:
+            self._sources[name] = self.app.topic(
+                name, key_serializer="raw", value_serializer="raw",
+                partitions=self.settings.partitions,
+            )
+        return self._sources[name]
+
+    async def store(self) -> LedgerStore:
+        """The ledger connection pool, opened on first use (the database may start later)."""
+        async with self._store_lock:
+            if self._store is None:
+                self._store = await LedgerStore.connect(self.database_url, max_size=5)
+            return self._store
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+        await self.psp.close()

@@ -1,0 +1,80 @@
+"""What every agent shares: sending outputs durably, recording table state, dead letters.
+
+The order is the point. An agent decides on a batch, sends what the decisions say and
+waits until the broker has acknowledged every message, then writes its table state
+and waits for the changelog too, and only then lets Faust ack the batch. A crash at
+any moment therefore leaves either nothing, or outputs whose receivers recognise a
+repeat by its origin: never a recorded state whose messages were lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from infra.delivery import confirm
+from infra.topics import ACCOUNT_STEPS, DEAD_LETTER, LEDGER_STEPS, PAYMENT_STEPS, PSP_STEPS
+from models.codec import dumps, event_headers
+from models.events import Event
+from models.outputs import Dispatch, Output, Publish, Route
+from models.steps import Origin
+
+ROUTES: dict[Route, str] = {
+    "payment": PAYMENT_STEPS, "account": ACCOUNT_STEPS, "psp": PSP_STEPS, "ledger": LEDGER_STEPS,
+}
+BATCH_SIZE_MAX = 200
+BATCH_WITHIN_SECONDS = 0.005
+
+
+def origin_of(event: EventT) -> Origin:
+    message = event.message
+    return Origin(topic=message.topic, partition=message.partition, offset=message.offset)
+
+
+class Outlet:
+    """Sends outputs and dead letters, and waits for the broker to acknowledge them."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._topics: dict[str, faust.TopicT] = {}
+
+    def topic(self, name: str) -> faust.TopicT:
+        if name not in self._topics:
+            self._topics[name] = self.app.topic(
+                name, key_serializer="raw", value_serializer="raw", internal=False
+            )
+        return self._topics[name]
+
+    async def send(self, outputs: Iterable[Output]) -> None:
+        pending = [await self._send_one(output) for output in outputs]
+        await confirm(pending)
+
+    async def _send_one(self, output: Output) -> asyncio.Future[Any]:
+        if isinstance(output, Publish):
+            return await self.publish_soon(output.event)
+        assert isinstance(output, Dispatch)
+        return await self.topic(ROUTES[output.route]).send(
+            key=output.key.encode(), value=dumps(output.step)
+        )
+
+    async def publish_soon(self, event: Event) -> asyncio.Future[Any]:
+        return await self.topic(event.topic).send(
+            key=event.key.encode(), value=dumps(event), headers=event_headers(event)
+        )
+
+    async def dead_letter(self, event: EventT, reason: str, code: str) -> None:
+        message = event.message
+        headers = [
+            ("error_code", code.encode()), ("error", reason.encode()[:4096]),
+            ("source_topic", message.topic.encode()),
+            ("source_partition", str(message.partition).encode()),
+            ("source_offset", str(message.offset).encode()),
+        ]
+        future = await self.topic(DEAD_LETTER).send(
+            key=message.key, value=message.value, headers=headers
+        )
+        await confirm([future])

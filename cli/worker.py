@@ -1,0 +1,29 @@
+"""`payments worker`: topics and schema first, then one Faust worker running every agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from infra.topics import ensure_topics, service_topics
+from ledger.migrate import migrate
+from settings import Settings
+
+
+def run_worker(settings: Settings) -> int:
+    bootstrap, database_url = settings.require_infrastructure()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_prepare(bootstrap, database_url, settings.partitions))
+    from app import create_app
+
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=logging.WARNING, override_logging=True)
+    worker.execute_from_commandline()  # blocks; exits the process when the worker stops
+    return 0
+
+
+async def _prepare(bootstrap: str, database_url: str, partitions: int) -> None:
+    await ensure_topics(bootstrap, service_topics(partitions))
+    await migrate(database_url)

@@ -1,0 +1,134 @@
+"""An account's balance state and the pure decisions taken on it.
+
+Balances live with the account's owner (one writer per account): `posted` is the
+ledger balance, `reservations` the holds not yet posted or released, and
+available = posted - pending. Every decision is a pure function: state and step
+in, new state and what to say out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.commands import KycStatus, OpenAccount
+from models.events import FailureReason
+from models.steps import Origin, ReserveFunds
+
+AccountStatus = str  # "active" today; closing and freezing are future commands
+
+
+class AccountState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    account_id: str
+    owner_id: str
+    currency: str
+    overdraft_limit: int
+    kyc_status: KycStatus
+    status: AccountStatus = "active"
+    fingerprint: str = ""
+    posted: int = 0
+    # reservation_id -> amount held. Entries leave when settled or released.
+    reservations: dict[str, int] = Field(default_factory=dict)
+    # source ("topic#partition") -> highest offset applied from it: the tracking record
+    # that lets a redelivered step be recognised. Bounded by sources x partitions.
+    applied: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return sum(self.reservations.values())
+
+    @property
+    def available(self) -> int:
+        return self.posted - self.pending
+
+    def already_applied(self, origin: Origin) -> bool:
+        return origin.offset <= self.applied.get(origin.source, -1)
+
+    def tracking(self, origin: Origin) -> AccountState:
+        return self.model_copy(update={"applied": {**self.applied, origin.source: origin.offset}})
+
+
+def open_account(command: OpenAccount, fingerprint: str) -> AccountState:
+    return AccountState(
+        account_id=command.account_id,
+        owner_id=command.owner_id,
+        currency=command.currency,
+        overdraft_limit=command.overdraft_limit,
+        kyc_status=command.kyc_status,
+        fingerprint=fingerprint,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: FailureReason
+    detail: str
+
+
+def check_creditor(creditor: AccountState | None, account_id: str, currency: str) -> Refusal | None:
+    if creditor is None:
+        return Refusal(FailureReason.UNKNOWN_ACCOUNT, f"creditor account {account_id} does not exist")
+    if creditor.status != "active":
+        return Refusal(FailureReason.ACCOUNT_NOT_ACTIVE, f"creditor {account_id} is {creditor.status}")
+    if creditor.currency != currency:
+        return Refusal(
+            FailureReason.CURRENCY_MISMATCH,
+            f"creditor account {account_id} holds {creditor.currency}, payment is in {currency}",
+        )
+    return None
+
+
+def check_payer(payer: AccountState | None, account_id: str, currency: str) -> Refusal | None:
+    if payer is None:
+        return Refusal(FailureReason.UNKNOWN_ACCOUNT, f"account {account_id} does not exist")
+    if payer.status != "active":
+        return Refusal(FailureReason.ACCOUNT_NOT_ACTIVE, f"account {account_id} is {payer.status}")
+    if payer.kyc_status == "blocked":
+        return Refusal(FailureReason.KYC_BLOCKED, f"account {account_id} is blocked by KYC")
+    if payer.kyc_status != "verified":
+        return Refusal(FailureReason.KYC_BLOCKED, f"account {account_id} KYC is {payer.kyc_status}")
+    if payer.currency != currency:
+        return Refusal(
+            FailureReason.CURRENCY_MISMATCH,
+            f"account {account_id} holds {payer.currency}, payment is in {currency}",
+        )
+    return None
+
+
+def decide_reservation(payer: AccountState | None, step: ReserveFunds, *, refund: bool = False
+                       ) -> AccountState | Refusal:
+    """Hold the amount, or refuse: available - amount never goes below -overdraft_limit.
+
+    A refund's payer is the original creditor: only its funds are checked, since the
+    money it gives back arrived through this service."""
+    refusal = None if refund else check_payer(payer, step.account_id, step.currency)
+    if refusal is not None:
+        return refusal
+    if payer is None:
+        return Refusal(FailureReason.UNKNOWN_ACCOUNT, f"account {step.account_id} does not exist")
+    if step.reservation_id in payer.reservations:
+        return payer  # the hold already exists: the same request, seen again
+    if payer.available - step.amount < -payer.overdraft_limit:
+        return Refusal(
+            FailureReason.INSUFFICIENT_FUNDS,
+            f"available {payer.available} minus {step.amount} is below the overdraft limit "
+            f"-{payer.overdraft_limit}",
+        )
+    return payer.model_copy(
+        update={"reservations": {**payer.reservations, step.reservation_id: step.amount}}
+    )
+
+
+def release(account: AccountState, reservation_id: str) -> AccountState:
+    reservations = dict(account.reservations)
+    reservations.pop(reservation_id, None)
+    return account.model_copy(update={"reservations": reservations})
+
+
+def apply_posting(account: AccountState, amount: int, reservation_id: str | None) -> AccountState:
+    """A committed leg moves posted; the hold it consumed (a debit's) is settled with it."""
+    settled = release(account, reservation_id) if reservation_id else account
+    return settled.model_copy(update={"posted": account.posted + amount})

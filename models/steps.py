@@ -1,0 +1,199 @@
+"""Internal step messages of the choreography (never seen by upstream or downstream).
+
+Every step message carries `origin`: the position of the message whose handling
+produced it. A handler that reprocesses a message after a crash produces the
+same step messages with the same origin, so the receiver can tell a redelivery
+(origin at or below what it already applied from that source) from new work.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.commands import FundAccount, OpenAccount, RefundPayment, RequestPayment
+from models.events import FailureReason, PaymentCaptured, PaymentRefunded, RefundFailureReason
+
+
+class Origin(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}#{self.partition}"
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    origin: Origin
+
+
+# --- to the payment owner (key: payment_id) ------------------------------------------------
+
+
+class PaymentSubmitted(Step):
+    kind: Literal["PaymentSubmitted"] = "PaymentSubmitted"
+    payment_id: str
+    fingerprint: str
+    command: RequestPayment
+
+
+class RefundSubmitted(Step):
+    kind: Literal["RefundSubmitted"] = "RefundSubmitted"
+    payment_id: str
+    fingerprint: str
+    command: RefundPayment
+
+
+class PaymentStepFailed(Step):
+    """A step after initiation failed; any reservation is already released."""
+
+    kind: Literal["PaymentStepFailed"] = "PaymentStepFailed"
+    payment_id: str
+    reason: FailureReason
+    detail: str
+    psp_reference: str | None = None
+
+
+class PaymentAuthorizedStep(Step):
+    kind: Literal["PaymentAuthorizedStep"] = "PaymentAuthorizedStep"
+    payment_id: str
+    psp_reference: str
+
+
+class PaymentPosted(Step):
+    kind: Literal["PaymentPosted"] = "PaymentPosted"
+    payment_id: str
+    event: PaymentCaptured
+
+
+class RefundPosted(Step):
+    kind: Literal["RefundPosted"] = "RefundPosted"
+    payment_id: str
+    event: PaymentRefunded
+
+
+class RefundStepFailed(Step):
+    kind: Literal["RefundStepFailed"] = "RefundStepFailed"
+    payment_id: str
+    refund_key: str
+    reason: RefundFailureReason
+    detail: str
+
+
+PaymentStep = Annotated[
+    PaymentSubmitted | RefundSubmitted | PaymentStepFailed | PaymentAuthorizedStep
+    | PaymentPosted | RefundPosted | RefundStepFailed,
+    Field(discriminator="kind"),
+]
+
+
+
+# --- to an account owner (key: account_id) -------------------------------------------------
+
+
+class OpenAccountOp(Step):
+    kind: Literal["OpenAccountOp"] = "OpenAccountOp"
+    command: OpenAccount
+
+
+class FundAccountOp(Step):
+    kind: Literal["FundAccountOp"] = "FundAccountOp"
+    fingerprint: str
+    command: FundAccount
+
+
+class CheckCreditor(Step):
+    """First stop of a payment: the creditor exists, is open and holds the currency."""
+
+    kind: Literal["CheckCreditor"] = "CheckCreditor"
+    payment_id: str
+    payment: RequestPayment
+
+
+class ReserveFunds(Step):
+    """Hold money on the payer: the debtor of a payment, or the creditor of a refund."""
+
+    kind: Literal["ReserveFunds"] = "ReserveFunds"
+    payment_id: str
+    reservation_id: str
+    account_id: str
+    amount: int
+    currency: str
+    payment: RequestPayment
+    refund_key: str | None = None
+
+
+class ReleaseFunds(Step):
+    """Compensation: give back a hold whose movement will not happen."""
+
+    kind: Literal["ReleaseFunds"] = "ReleaseFunds"
+    payment_id: str
+    reservation_id: str
+    account_id: str
+    reason: FailureReason
+    detail: str
+    psp_reference: str | None = None
+
+
+class ApplyPosting(Step):
+    """A committed ledger leg: settle the hold it consumed (if any) and move posted."""
+
+    kind: Literal["ApplyPosting"] = "ApplyPosting"
+    account_id: str
+    transaction_id: str
+    amount: int  # signed: credit +, debit -
+    reservation_id: str | None = None
+
+
+AccountStep = Annotated[
+    OpenAccountOp | FundAccountOp | CheckCreditor | ReserveFunds | ReleaseFunds | ApplyPosting,
+    Field(discriminator="kind"),
+]
+
+
+
+# --- to the PSP step (key: payment_id) -----------------------------------------------------
+
+
+class AuthorizePayment(Step):
+    kind: Literal["AuthorizePayment"] = "AuthorizePayment"
+    payment_id: str
+    reservation_id: str
+    payment: RequestPayment
+
+
+# --- to the ledger writer (key: payment_id or funding key) -------------------------------
+
+
+class PostCapture(Step):
+    kind: Literal["PostCapture"] = "PostCapture"
+    payment_id: str
+    reservation_id: str
+    psp_reference: str
+    payment: RequestPayment
+
+
+class PostFunding(Step):
+    kind: Literal["PostFunding"] = "PostFunding"
+    fingerprint: str
+    command: FundAccount
+
+
+class PostRefund(Step):
+    kind: Literal["PostRefund"] = "PostRefund"
+    payment_id: str
+    reservation_id: str
+    refund_key: str
+    amount: int
+    payment: RequestPayment
+
+
+LedgerStep = Annotated[PostCapture | PostFunding | PostRefund, Field(discriminator="kind")]
+
