@@ -6,15 +6,21 @@ that already run; otherwise the suite starts its own and stops them at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from infra.broker import EmbeddedBroker
 from infra.database import create_database, drop_database
+from infra.driver import ServiceDriver
 from infra.postgres import EmbeddedPostgres
+from infra.topics import ensure_topics, service_topics
+from infra.worker_process import WorkerProcess
+from ledger.migrate import migrate
 
 
 @pytest.fixture(scope="session")
@@ -46,11 +52,53 @@ async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
     await drop_database(postgres_server_url, url)
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(infra_dir: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of the test module's own (it starts in well under a second), so the
+    service's fixed topic names and consumer group never mix two modules' messages."""
     configured = os.environ.get("PAYMENTS_KAFKA_BOOTSTRAP")
     if configured:
         yield configured
         return
-    with EmbeddedBroker(infra_dir) as broker:
+    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
         yield broker.bootstrap
+
+
+@pytest.fixture(scope="module")
+async def module_database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    url = await create_database(postgres_server_url, prefix="service")
+    yield url
+    await drop_database(postgres_server_url, url)
+
+
+@dataclass
+class Service:
+    """A running service as its users see it: topics, a worker, the ledger database."""
+
+    bootstrap: str
+    database_url: str
+    data_dir: Path
+    workers: list[WorkerProcess]
+    driver: ServiceDriver
+
+    def add_worker(self, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(self.bootstrap, self.database_url, self.data_dir, extra_env=extra_env)
+        self.workers.append(worker)
+        return worker.start()
+
+
+@pytest.fixture(scope="module")
+async def service(kafka_bootstrap: str, module_database_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
+    await ensure_topics(kafka_bootstrap, service_topics(8))
+    await migrate(module_database_url)
+    data_dir = tmp_path_factory.mktemp("service")
+    driver = await ServiceDriver(kafka_bootstrap).start()
+    running = Service(kafka_bootstrap, module_database_url, data_dir, [], driver)
+    try:
+        await asyncio.to_thread(running.add_worker)
+        yield running
+    finally:
+        await driver.stop()
+        for worker in running.workers:
+            worker.stop()
