@@ -71,7 +71,8 @@ FROM ledger_transactions WHERE transaction_id = ANY($1::uuid[])
 
 def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
     """The outbox.headers format: [[name, base64(value)], ...]."""
-    return orjson.dumps([[name, base64.b64encode(value).decode("ascii")] for name, value in headers]).decode()
+    pairs = [[name, base64.b64encode(value).decode("ascii")] for name, value in headers]
+    return orjson.dumps(pairs).decode()
 
 
 def decode_headers(document: str) -> list[tuple[str, bytes]]:
@@ -101,7 +102,8 @@ async def ensure_settlement_accounts(connection: asyncpg.Connection, entries: En
 
 async def insert_postings(connection: asyncpg.Connection, entries: Entries) -> None:
     legs = [
-        (entry.transaction_id, posting.account_id, posting.amount, posting.currency, entry.payment_id)
+        (entry.transaction_id, posting.account_id, posting.amount, posting.currency,
+         entry.payment_id)
         for entry, _ in entries for posting in entry.postings
     ]
     if legs:
@@ -110,7 +112,8 @@ async def insert_postings(connection: asyncpg.Connection, entries: Entries) -> N
 
 async def insert_outbox(connection: asyncpg.Connection, entries: Entries) -> None:
     messages = [
-        (message.event_id, message.topic, message.key, message.value, encode_headers(message.headers))
+        (message.event_id, message.topic, message.key, message.value,
+         encode_headers(message.headers))
         for entry, _ in entries for message in entry.outbox
     ]
     if messages:

@@ -56,7 +56,8 @@ async def _apply_pending(connection: asyncpg.Connection) -> list[str]:
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
     )
-    applied = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+    recorded = await connection.fetch("SELECT version FROM schema_migrations")
+    applied = {row["version"] for row in recorded}
     newly_applied = []
     for migration in available_migrations():
         if migration.version in applied:

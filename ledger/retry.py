@@ -27,6 +27,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
     pg.InterfaceError,  # "connection is closed", ...
     pg.OperatorInterventionError,  # admin/crash shutdown, cannot connect now, canceled
+    # "cannot switch to state N; another operation is in progress": a connection whose
+    # server went away while it was idle is handed out broken (MagicStack/asyncpg#784).
+    pg.InternalClientError,
 )
 # Errors of a healthy server that a second attempt usually gets past.
 CONTENTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -59,7 +62,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay_seconds(self) -> float:
-        ceiling = min(self.cap_seconds, self.initial_seconds * 2**self.attempt)
+        ceiling = min(self.cap_seconds, self.initial_seconds * 2.0**self.attempt)
         self.attempt += 1
         return ceiling * random.uniform(0.5, 1.0)
 

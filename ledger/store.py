@@ -48,6 +48,7 @@ class LedgerStore:
     def __init__(self, pool: asyncpg.Pool, retry_deadline_seconds: float) -> None:
         self._pool = pool
         self.retry_deadline_seconds = retry_deadline_seconds
+        self._closed = False
 
     @classmethod
     async def connect(
@@ -63,9 +64,14 @@ class LedgerStore:
         return cls(pool, retry_deadline_seconds)
 
     async def close(self) -> None:
+        self._closed = True
         await self._pool.close()
 
     async def _run(self, work: Work[T], *, what: str, deadline_seconds: float | None = None) -> T:
+        if self._closed:
+            # Checked here: a closed pool raises InterfaceError, which would be retried.
+            raise RuntimeError("the ledger store is closed")
+
         async def attempt() -> T:
             async with self._pool.acquire() as connection:
                 return await work(connection)
@@ -76,7 +82,8 @@ class LedgerStore:
         )
 
     async def write_batch(
-        self, entries: Sequence[tuple[JournalEntry, Origin]], *, deadline_seconds: float | None = None
+        self, entries: Sequence[tuple[JournalEntry, Origin]], *,
+        deadline_seconds: float | None = None,
     ) -> list[WriteResult]:
         """Write the entries in one transaction; one result per entry, in input order."""
         for entry, _ in entries:
@@ -101,7 +108,7 @@ class LedgerStore:
         return results
 
     async def open_account(self, account: AccountRow) -> AccountRow:
-        """Open the account unless it exists; return the stored row (compare it to detect a conflict)."""
+        """Open the account unless it exists; return the stored row (differs on a conflict)."""
         return await self._run(lambda connection: accounts.open_account(connection, account),
                                what="open_account")
 
@@ -145,7 +152,8 @@ async def _write_unique(
         await journal.ensure_settlement_accounts(connection, new)
         await journal.insert_postings(connection, new)
         await journal.insert_outbox(connection, new)
-        duplicates = [entry.transaction_id for entry, _ in unique if entry.transaction_id not in applied]
+        duplicates = [entry.transaction_id for entry, _ in unique
+                      if entry.transaction_id not in applied]
         rows = await journal.stored_first_writes(connection, duplicates)
     stored = {entry.transaction_id: (entry.fingerprint, origin) for entry, origin in new}
     for transaction_id, row in rows.items():

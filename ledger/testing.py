@@ -52,4 +52,5 @@ def capture_entry(
 
 async def open_accounts(store: LedgerStore, *account_ids: str, currency: str = "USD") -> None:
     for account_id in account_ids:
-        await store.open_account(AccountRow(account_id, f"owner-{account_id}", currency, 0, "verified"))
+        row = AccountRow(account_id, f"owner-{account_id}", currency, 0, "verified")
+        await store.open_account(row)

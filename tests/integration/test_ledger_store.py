@@ -44,7 +44,9 @@ class LedgerStoreContract:
         assert await store.balances() == {"alice": 700, "bob": 300, "settlement:USD": -1000}
         assert await store.unbalanced_transactions() == []
 
-    async def test_the_same_batch_twice_is_all_duplicates_of_the_first(self, store: LedgerStore) -> None:
+    async def test_the_same_batch_twice_is_all_duplicates_of_the_first(
+        self, store: LedgerStore
+    ) -> None:
         await open_accounts(store, "alice")
         entries = [funding_entry("alice", amount, key=f"f{amount}") for amount in range(1, 6)]
         first = await store.write_batch(list(zip(entries, origins(5, "first"), strict=True)))
@@ -54,7 +56,9 @@ class LedgerStoreContract:
         assert [result.stored_origin for result in second] == origins(5, "first")
         assert await store.balances() == {"alice": 15, "settlement:USD": -15}
 
-    async def test_a_duplicate_inside_one_batch_is_a_duplicate_of_its_first(self, store: LedgerStore) -> None:
+    async def test_a_duplicate_inside_one_batch_is_a_duplicate_of_its_first(
+        self, store: LedgerStore
+    ) -> None:
         await open_accounts(store, "alice")
         entry = funding_entry("alice", 10, key="f1")
         conflicting = dataclasses.replace(entry, fingerprint="another payload")
@@ -88,7 +92,8 @@ class LedgerStoreContract:
         await open_accounts(store, "alice")
         entry = funding_entry("alice", 10, key="f1")
         # Frozen dataclasses can still be forged: the store must not trust the constructor.
-        object.__setattr__(entry, "postings", (Posting("alice", 10, "USD"), Posting("alice", -9, "USD")))
+        forged = (Posting("alice", 10, "USD"), Posting("alice", -9, "USD"))
+        object.__setattr__(entry, "postings", forged)
         with pytest.raises(UnbalancedEntry):
             await store.write_batch([(entry, Origin("t", 0, 0))])
         assert await store.balances() == {}
@@ -103,7 +108,8 @@ class LedgerStoreContract:
 
     async def test_daily_balances_are_rebuilt_from_postings(self, store: LedgerStore) -> None:
         await open_accounts(store, "alice", "bob")
-        batch = [funding_entry("alice", 50, key="f1"), capture_entry("alice", "bob", 20, payment_id="p1")]
+        batch = [funding_entry("alice", 50, key="f1"),
+                 capture_entry("alice", "bob", 20, payment_id="p1")]
         await store.write_batch(list(zip(batch, origins(2), strict=True)))
         assert await store.rebuild_daily_balances() == 3
         assert await store.rebuild_daily_balances() == 3  # from scratch, not appended
@@ -114,11 +120,19 @@ class LedgerStoreContract:
     async def test_outbox_backlog_counts_unpublished_rows(self, store: LedgerStore) -> None:
         assert await store.outbox_backlog() == (0, 0.0)
         await open_accounts(store, "alice")
-        await store.write_batch([(funding_entry("alice", 5, key="f1", events=3), Origin("t", 0, 0))])
+        entry = funding_entry("alice", 5, key="f1", events=3)
+        await store.write_batch([(entry, Origin("t", 0, 0))])
         count, age_seconds = await store.outbox_backlog()
         assert count == 3 and 0 <= age_seconds < 60
 
-    async def test_overlapping_concurrent_batches_apply_each_entry_once(self, store: LedgerStore) -> None:
+    async def test_a_closed_store_refuses_at_once(self, store: LedgerStore) -> None:
+        await store.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await store.balances()
+
+    async def test_overlapping_concurrent_batches_apply_each_entry_once(
+        self, store: LedgerStore
+    ) -> None:
         await open_accounts(store, "alice", "bob")
         entries = [capture_entry("alice", "bob", 1, payment_id=f"p{n}") for n in range(60)]
 
@@ -153,7 +167,8 @@ class TestPostgresLedgerStore(LedgerStoreContract):
                 async with connection.transaction():
                     await connection.execute(
                         "INSERT INTO ledger_transactions VALUES"
-                        " ('00000000-0000-0000-0000-000000000001', 'capture', 'k', 'f', NULL, 't', 0, 0)")
+                        " ('00000000-0000-0000-0000-000000000001', 'capture', 'k', 'f', NULL,"
+                        "  't', 0, 0)")
                     await connection.execute(
                         "INSERT INTO postings (transaction_id, account_id, amount, currency) VALUES"
                         " ('00000000-0000-0000-0000-000000000001', 'alice', -10, 'USD'),"
@@ -182,7 +197,8 @@ class TestPostgresLedgerStore(LedgerStoreContract):
     async def test_a_leg_in_a_foreign_currency_is_refused(self, store: LedgerStore) -> None:
         await open_accounts(store, "alice")
         with pytest.raises(asyncpg.ForeignKeyViolationError):
-            await store.write_batch([(funding_entry("alice", 10, "EUR", key="f1"), Origin("t", 0, 0))])
+            entry = funding_entry("alice", 10, "EUR", key="f1")
+            await store.write_batch([(entry, Origin("t", 0, 0))])
         assert await store.balances() == {}
 
     async def test_outbox_rows_are_written_only_for_new_entries(
@@ -195,7 +211,8 @@ class TestPostgresLedgerStore(LedgerStoreContract):
         await store.write_batch(list(zip(renamed + entries, origins(6), strict=True)))
         connection = await asyncpg.connect(database_url)
         try:
-            rows = await connection.fetch("SELECT event_id, headers::text FROM outbox ORDER BY outbox_id")
+            rows = await connection.fetch(
+                "SELECT event_id, headers::text FROM outbox ORDER BY outbox_id")
         finally:
             await connection.close()
         expected = [message for entry in entries for message in entry.outbox]
@@ -213,7 +230,8 @@ class TestPostgresLedgerStore(LedgerStoreContract):
             blocker_transaction = blocker.transaction()
             await blocker_transaction.start()
             await blocker.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
-            write = asyncio.create_task(store.write_batch(list(zip(entries, origins(10), strict=True))))
+            batch = list(zip(entries, origins(10), strict=True))
+            write = asyncio.create_task(store.write_batch(batch))
             waiting_pid = await wait_for_lock_waiter(blocker)
             assert await blocker.fetchval("SELECT count(*) FROM postings") == 0  # not committed
             assert await blocker.fetchval("SELECT pg_terminate_backend($1)", waiting_pid)
