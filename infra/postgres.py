@@ -55,6 +55,7 @@ class EmbeddedPostgres:
         return self.data_dir / "pgdata"
 
     def start(self) -> EmbeddedPostgres:
+        self.data_dir = self.data_dir.resolve()
         user = _server_user(self.data_dir)
         if not (self.pgdata / "PG_VERSION").exists():
             subprocess.run(
@@ -68,7 +69,7 @@ class EmbeddedPostgres:
             os.chown(self.log, *_owner(self.data_dir))
         self.process = start_process(
             [str(_binaries() / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.data_dir), "-c", "max_connections=300",
+             "-h", "127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=300",
              "-c", "shared_buffers=256MB", "-c", "synchronous_commit=off"],
             self.log, user=user,
         )
