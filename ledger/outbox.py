@@ -18,6 +18,7 @@ from uuid import UUID
 import asyncpg
 
 from ledger.journal import decode_headers
+from ledger.listener import Listener
 from ledger.retry import Backoff, is_connection_error
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class OutboxRow:
 Publish = Callable[[Sequence[OutboxRow]], Awaitable[None]]
 
 
+class PublishFailed(Exception):
+    """The caller's publish raised (its error is the __cause__); the rows stay unpublished."""
+
+
 class OutboxRelay:
     def __init__(
         self, database_url: str, publish: Publish, *, batch_size_max: int = 500,
@@ -66,12 +71,20 @@ class OutboxRelay:
         self._publish = publish
         self.batch_size_max = batch_size_max
         self.poll_interval_seconds = poll_interval_seconds
-        self.health_check_interval_seconds = health_check_interval_seconds
+        self._listener = Listener(database_url, "outbox", self._wakeup_soon,
+                                  health_check_interval_seconds=health_check_interval_seconds)
         self._pool: asyncpg.Pool | None = None
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped: asyncio.Event | None = None
-        self.listening = False  # True while LISTEN outbox is active (for health checks, tests)
+
+    @property
+    def listening(self) -> bool:
+        """True while LISTEN outbox is active (for health checks and tests)."""
+        return self._listener.listening
+
+    def _wakeup_soon(self) -> None:
+        self._wakeup.set()
 
     async def drain_once(self) -> int:
         """Claim, publish and mark one batch; return how many rows were published."""
@@ -86,14 +99,18 @@ class OutboxRelay:
             records = await connection.fetch(CLAIM, self.batch_size_max)
             rows = [_to_row(record) for record in records]
             if rows:
-                await self._publish(rows)
+                try:
+                    await self._publish(rows)
+                except Exception as error:
+                    # Wrapped so that a broker's OSError is not taken for a lost database.
+                    raise PublishFailed(f"publishing {len(rows)} outbox rows failed") from error
                 await connection.execute(MARK_PUBLISHED, [row.outbox_id for row in rows])
         return len(rows)
 
     async def run(self) -> None:
         """Publish until stop(): drain while rows wait, then sleep until NOTIFY or the poll."""
         self._stopped = asyncio.Event()
-        listener = asyncio.create_task(self._listen(), name="outbox-listener")
+        listener = asyncio.create_task(self._listener.run(), name="outbox-listener")
         backoff = Backoff(initial_seconds=0.1, cap_seconds=5.0)
         try:
             while not self._stopping.is_set():
@@ -123,12 +140,15 @@ class OutboxRelay:
             await self._close_pool()
 
     async def _recover(self, error: Exception, delay_seconds: float) -> None:
-        if is_connection_error(error) and self._pool is not None:
+        if isinstance(error, PublishFailed):
+            logger.warning("outbox publish failed (%r); retrying in %.2fs",
+                           error.__cause__, delay_seconds)
+        elif is_connection_error(error) and self._pool is not None:
             logger.warning("outbox relay lost its database connection (%r); reconnecting in %.2fs",
                            error, delay_seconds)
             await self._pool.expire_connections()
         else:
-            logger.warning("outbox publish failed (%r); retrying in %.2fs", error, delay_seconds)
+            logger.warning("outbox drain failed (%r); retrying in %.2fs", error, delay_seconds)
         await self._sleep(delay_seconds, self._stopping)
 
     async def _sleep(self, seconds: float, interrupt: asyncio.Event) -> None:
@@ -139,36 +159,6 @@ class OutboxRelay:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
-
-    async def _listen(self) -> None:
-        """Keep a LISTEN connection open; polling covers the time it is down."""
-        backoff = Backoff(initial_seconds=0.1, cap_seconds=5.0)
-        while not self._stopping.is_set():
-            try:
-                await self._listen_until_lost(backoff)
-            except Exception as error:
-                delay_seconds = backoff.next_delay_seconds()
-                logger.warning("outbox listener lost (%r); reconnecting in %.2fs",
-                               error, delay_seconds)
-                await self._sleep(delay_seconds, self._stopping)
-
-    async def _listen_until_lost(self, backoff: Backoff) -> None:
-        connection = await asyncpg.connect(self._database_url, timeout=10)
-        try:
-            lost = asyncio.Event()
-            connection.add_termination_listener(lambda _connection: lost.set())
-            await connection.add_listener("outbox", lambda *_notification: self._wakeup.set())
-            self.listening = True
-            backoff.reset()
-            logger.info("outbox listener connected")
-            self._wakeup.set()  # rows may have been committed while nobody was listening
-            while True:
-                await self._sleep(self.health_check_interval_seconds, lost)
-                # Raises once the connection is gone, even a half-open one that sent no FIN.
-                await connection.execute("SELECT 1", timeout=self.health_check_interval_seconds)
-        finally:
-            self.listening = False
-            connection.terminate()
 
 
 def _to_row(record: asyncpg.Record) -> OutboxRow:

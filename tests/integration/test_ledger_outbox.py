@@ -12,7 +12,7 @@ import pytest
 
 from infra.postgres import EmbeddedPostgres
 from ledger.migrate import migrate
-from ledger.outbox import OutboxRelay, OutboxRow
+from ledger.outbox import OutboxRelay, OutboxRow, PublishFailed
 from ledger.store import LedgerStore, Origin
 from ledger.testing import funding_entry, open_accounts
 from models.ledger import JournalEntry
@@ -110,13 +110,31 @@ async def test_a_failed_publish_leaves_the_rows_for_a_later_drain(
     publish.failures_left = 1
     relay = OutboxRelay(database_url, publish)
     try:
-        with pytest.raises(ConnectionError):
+        with pytest.raises(PublishFailed) as failure:
             await relay.drain_once()
+        assert isinstance(failure.value.__cause__, ConnectionError)
         assert (await store.outbox_backlog())[0] == 6
         assert await relay.drain_once() == 6
     finally:
         await relay.stop()
     assert publish.event_ids == expected  # once each: the failed attempt marked nothing
+
+
+async def test_run_retries_a_failing_publish_until_it_succeeds(
+    store: LedgerStore, database_url: str
+) -> None:
+    expected = await write_events(store, 1, 4)
+    publish = RecordingPublish()
+    publish.failures_left = 2
+    relay = OutboxRelay(database_url, publish, poll_interval_seconds=0.05)
+    running = asyncio.create_task(relay.run())
+    try:
+        await wait_until(lambda: len(publish.rows) == 4)
+        await wait_until_published(store)
+    finally:
+        await relay.stop()
+        await running
+    assert publish.event_ids == expected
 
 
 async def test_notify_wakes_the_relay_long_before_the_poll(
