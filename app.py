@@ -30,7 +30,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     bootstrap, database_url = settings.require_infrastructure()
     app = faust.App(
         APP_ID,
-        broker=[f"kafka://{server}" for server in bootstrap.split(",")],
+        broker=[f"payments-kafka://{server}" for server in bootstrap.split(",")],
         store="memory://",
         topic_partitions=settings.partitions,
         topic_disable_leader=True,

@@ -52,7 +52,7 @@ class ServiceDriver:
                                          max_request_size=16 * 1024 * 1024)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                         auto_offset_reset="earliest",
+                                         auto_offset_reset="earliest", fetch_max_wait_ms=10,
                                          fetch_max_bytes=32 * 1024 * 1024,
                                          max_partition_fetch_bytes=16 * 1024 * 1024)
         await self.consumer.start()
