@@ -38,6 +38,12 @@ class Settings:
         return self.kafka_bootstrap, self.database_url
 
 
+def _valid_bootstrap(bootstrap: str) -> bool:
+    if not _BOOTSTRAP.match(bootstrap):
+        return False
+    return all(1 <= int(server.rpartition(":")[2]) <= 65535 for server in bootstrap.split(","))
+
+
 def _integer(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -67,7 +73,7 @@ def _number(env: dict[str, str], name: str, default: float, low: float, high: fl
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     bootstrap = env.get("PAYMENTS_KAFKA_BOOTSTRAP") or None
-    if bootstrap is not None and not _BOOTSTRAP.match(bootstrap):
+    if bootstrap is not None and not _valid_bootstrap(bootstrap):
         raise SettingsError(f"PAYMENTS_KAFKA_BOOTSTRAP={bootstrap!r} is not host:port[,host:port]")
     database_url = env.get("PAYMENTS_DATABASE_URL") or None
     if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):

@@ -25,16 +25,17 @@ from models.commands import (
     RefundPayment,
     RequestPayment,
 )
-from models.events import CommandRejected, RejectionReason, event_id_for, now
+from models.events import CommandRejected, RejectionReason, rejection_id_for
 from models.outputs import Dispatch, Output, Publish
 from models.payment import payment_id_for
 from models.steps import FundAccountOp, OpenAccountOp, Origin, PaymentSubmitted, RefundSubmitted
 
 
-def rejection(invalid: Invalid) -> CommandRejected:
-    subject = f"{invalid.idempotency_key or invalid.account_id}/invalid/{now().isoformat()}"
+def rejection(invalid: Invalid, origin: Origin) -> CommandRejected:
+    subject = invalid.idempotency_key or invalid.account_id or ""
     return CommandRejected(
-        event_id=event_id_for(subject, "CommandRejected"), command_type=invalid.command_type,
+        event_id=rejection_id_for(subject, origin.source, origin.offset),
+        command_type=invalid.command_type,
         idempotency_key=invalid.idempotency_key, account_id=invalid.account_id,
         reason=RejectionReason.INVALID_REQUEST, detail=invalid.detail, errors=invalid.errors,
     )
@@ -80,7 +81,7 @@ def _install_reader(app: faust.App, runtime: Runtime, name: str, topic: str,
                     await runtime.outlet.dead_letter(event, result.reason, "unreadable")
                 elif isinstance(result, Invalid):
                     runtime.metrics.rejected(result.command_type, RejectionReason.INVALID_REQUEST)
-                    outputs.append(Publish(rejection(result)))
+                    outputs.append(Publish(rejection(result, origin_of(event))))
                 else:
                     outputs.append(hand_over(result, origin_of(event)))
             await runtime.outlet.send(outputs)

@@ -24,7 +24,7 @@ from models.events import (
     RefundFailureReason,
     RejectionReason,
     event_id_for,
-    now,
+    rejection_id_for,
 )
 from models.outputs import Dispatch, Output, Publish
 from models.steps import (
@@ -57,7 +57,7 @@ def react(state: AccountState | None, step: AccountStep, origin: Origin) -> Reac
 def _dispatch(state: AccountState | None, step: AccountStep, origin: Origin) -> Reaction:
     match step:
         case OpenAccountOp():
-            return on_open(state, step)
+            return on_open(state, step, origin)
         case FundAccountOp():
             return on_fund(state, step, origin)
         case CheckCreditor():
@@ -79,17 +79,17 @@ def opened_event(state: AccountState) -> AccountOpened:
     )
 
 
-def rejected(command_type: str, reason: RejectionReason, detail: str, field: str, *,
+def rejected(command_type: str, reason: RejectionReason, detail: str, field: str, origin: Origin, *,
              account_id: str, idempotency_key: str | None = None) -> CommandRejected:
-    subject = f"{idempotency_key or account_id}/{reason}/{now().isoformat()}"
+    subject = idempotency_key or account_id
     return CommandRejected(
-        event_id=event_id_for(subject, "CommandRejected"), command_type=command_type,
+        event_id=rejection_id_for(subject, origin.source, origin.offset), command_type=command_type,
         idempotency_key=idempotency_key, account_id=account_id, reason=reason, detail=detail,
         errors=(FieldError(field=field, message=detail),),
     )
 
 
-def on_open(state: AccountState | None, step: OpenAccountOp) -> Reaction:
+def on_open(state: AccountState | None, step: OpenAccountOp, origin: Origin) -> Reaction:
     fingerprint = step.command.fingerprint()
     if state is None:
         opened = open_account(step.command, fingerprint)
@@ -98,7 +98,7 @@ def on_open(state: AccountState | None, step: OpenAccountOp) -> Reaction:
         return None, [Publish(opened_event(state))]  # a repeat: the same answer again
     detail = f"account {state.account_id} was opened before with a different payload"
     return None, [Publish(rejected("OpenAccount", RejectionReason.IDEMPOTENCY_CONFLICT, detail,
-                                   "account_id", account_id=state.account_id))]
+                                   "account_id", origin, account_id=state.account_id))]
 
 
 def on_fund(state: AccountState | None, step: FundAccountOp, origin: Origin) -> Reaction:
@@ -110,7 +110,7 @@ def on_fund(state: AccountState | None, step: FundAccountOp, origin: Origin) -> 
         problem = ("currency", f"account {command.account_id} holds {state.currency}, not {command.currency}")
     if problem is not None:
         return None, [Publish(rejected("FundAccount", RejectionReason.INVALID_REQUEST, problem[1],
-                                       problem[0], account_id=command.account_id,
+                                       problem[0], origin, account_id=command.account_id,
                                        idempotency_key=command.idempotency_key))]
     post = PostFunding(origin=origin, fingerprint=step.fingerprint, command=command)
     return None, [Dispatch("ledger", command.idempotency_key, post)]

@@ -8,6 +8,7 @@ Reading a command has three outcomes, never an exception: the command, an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, TypeVar
 
 import orjson
@@ -102,7 +103,7 @@ def event_headers(event: Event) -> list[tuple[str, bytes]]:
         ("ce_id", str(event.event_id).encode()),
         ("ce_source", CLOUDEVENTS_SOURCE.encode()),
         ("ce_type", f"fintech.{event.event_type}.v{event.schema_version}".encode()),
-        ("ce_time", event.occurred_at.isoformat().replace("+00:00", "Z").encode()),
+        ("ce_time", event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
         ("content-type", b"application/json"),
         ("correlation_id", event.correlation_id.encode()),
     ]

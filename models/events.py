@@ -21,6 +21,11 @@ def event_id_for(subject: str, event_type: str) -> UUID:
     return uuid5(EVENT_NAMESPACE, f"{event_type}/{subject}")
 
 
+def rejection_id_for(subject: str, source: str, offset: int) -> UUID:
+    """A rejection answers one message: its id is stable when that message is redelivered."""
+    return event_id_for(f"{subject}@{source}:{offset}", "CommandRejected")
+
+
 class FailureReason(StrEnum):
     UNKNOWN_ACCOUNT = "unknown_account"
     ACCOUNT_NOT_ACTIVE = "account_not_active"

@@ -27,7 +27,7 @@ from models.ledger import (
     transfer,
 )
 from models.outputs import Dispatch, Output, Publish
-from models.payment import payment_facts, refund_id_for
+from models.payment import payment_facts
 from models.steps import (
     ApplyPosting,
     LedgerStep,
@@ -64,10 +64,10 @@ def funded_event(step: PostFunding) -> AccountFunded:
 
 def refunded_event(step: PostRefund) -> PaymentRefunded:
     return PaymentRefunded(
-        event_id=event_id_for(refund_id_for(step.refund_key), "PaymentRefunded"),
+        event_id=event_id_for(step.reservation_id, "PaymentRefunded"),
         payment_id=step.payment_id, idempotency_key=step.refund_key, amount=step.amount,
         currency=step.payment.currency,
-        transaction_id=transaction_id_for(EntryKind.REFUND, step.refund_key),
+        transaction_id=transaction_id_for(EntryKind.REFUND, step.reservation_id),
     )
 
 
@@ -99,7 +99,7 @@ def entry_for(step: LedgerStep) -> tuple[JournalEntry, Event]:
             payment = step.payment
             return JournalEntry(
                 transaction_id=event.transaction_id, kind=EntryKind.REFUND,
-                idempotency_key=step.refund_key, fingerprint=refund_id_for(step.refund_key),
+                idempotency_key=step.refund_key, fingerprint=f"{step.reservation_id}/{step.amount}",
                 payment_id=step.payment_id,
                 postings=transfer(payment.creditor_account_id, payment.debtor_account_id,
                                   step.amount, payment.currency),
@@ -144,5 +144,5 @@ def conflict_for(step: LedgerStep) -> list[Output]:
     command = step.command
     detail = f"idempotency key {command.idempotency_key!r} was used before with a different payload"
     return [Publish(rejected("FundAccount", RejectionReason.IDEMPOTENCY_CONFLICT, detail,
-                             "idempotency_key", account_id=command.account_id,
+                             "idempotency_key", step.origin, account_id=command.account_id,
                              idempotency_key=command.idempotency_key))]

@@ -27,6 +27,7 @@ from models.events import (
     RejectionReason,
     event_id_for,
     now,
+    rejection_id_for,
 )
 from models.outputs import Dispatch, Output, Publish
 from models.steps import (
@@ -52,8 +53,9 @@ def payment_id_for(idempotency_key: str) -> str:
     return str(uuid5(PAYMENT_NAMESPACE, idempotency_key))
 
 
-def refund_id_for(idempotency_key: str) -> str:
-    return str(uuid5(PAYMENT_NAMESPACE, f"refund/{idempotency_key}"))
+def refund_id_for(payment_id: str, idempotency_key: str) -> str:
+    """Refund keys live in their payment's record, so a refund is named within its payment."""
+    return str(uuid5(PAYMENT_NAMESPACE, f"refund/{payment_id}/{idempotency_key}"))
 
 
 class HistoryEntry(BaseModel):
@@ -110,9 +112,9 @@ def payment_facts(payment_id: str, request: RequestPayment) -> dict[str, object]
     }
 
 
-def conflict(command_type: str, idempotency_key: str) -> CommandRejected:
+def conflict(command_type: str, idempotency_key: str, origin: Origin) -> CommandRejected:
     return CommandRejected(
-        event_id=event_id_for(f"{idempotency_key}/conflict/{now().isoformat()}", "CommandRejected"),
+        event_id=rejection_id_for(idempotency_key, origin.source, origin.offset),
         command_type=command_type,
         idempotency_key=idempotency_key,
         reason=RejectionReason.IDEMPOTENCY_CONFLICT,
@@ -151,7 +153,7 @@ def submit(record: PaymentRecord | None, payment_id: str, fingerprint: str, requ
            origin: Origin, risk_max_amount: int) -> tuple[PaymentRecord | None, list[Output]]:
     if record is not None:
         if record.fingerprint != fingerprint:
-            return record, [Publish(conflict("RequestPayment", request.idempotency_key))]
+            return record, [Publish(conflict("RequestPayment", request.idempotency_key, origin))]
         # The same command again: no second effect; answer with the outcome once known.
         return record, [Publish(record.outcome)] if record.outcome is not None else []
     fresh = PaymentRecord(payment_id=payment_id, fingerprint=fingerprint, request=request)
@@ -191,7 +193,7 @@ def posted(record: PaymentRecord, step: PaymentPosted) -> PaymentRecord:
 def refund_failed_event(payment_id: str, command: RefundPayment, reason: RefundFailureReason,
                         detail: str) -> RefundFailed:
     return RefundFailed(
-        event_id=event_id_for(refund_id_for(command.idempotency_key), "RefundFailed"),
+        event_id=event_id_for(refund_id_for(payment_id, command.idempotency_key), "RefundFailed"),
         payment_id=payment_id, idempotency_key=command.idempotency_key, amount=command.amount,
         reason=reason, detail=detail,
     )
@@ -219,20 +221,20 @@ def submit_refund(record: PaymentRecord | None, step: RefundSubmitted, origin: O
     known = record.refunds.get(command.idempotency_key) if record is not None else None
     if known is not None:
         if known.fingerprint != step.fingerprint:
-            return record, [Publish(conflict("RefundPayment", command.idempotency_key))]
+            return record, [Publish(conflict("RefundPayment", command.idempotency_key, origin))]
         return record, [Publish(known.outcome)] if known.outcome is not None else []
     refusal = refund_refusal(record, command)
     if refusal is not None:
         event = refund_failed_event(step.payment_id, command, *refusal)
         if record is None:
             return None, [Publish(event)]
-        refund = RefundRecord(refund_id=refund_id_for(command.idempotency_key),
+        refund = RefundRecord(refund_id=refund_id_for(step.payment_id, command.idempotency_key),
                               fingerprint=step.fingerprint, amount=command.amount or 0,
                               status="failed", outcome=event)
         return _with_refund(record, command.idempotency_key, refund), [Publish(event)]
     assert record is not None
     amount = command.amount if command.amount is not None else record.refundable
-    refund = RefundRecord(refund_id=refund_id_for(command.idempotency_key),
+    refund = RefundRecord(refund_id=refund_id_for(record.payment_id, command.idempotency_key),
                           fingerprint=step.fingerprint, amount=amount)
     hold = ReserveFunds(
         origin=origin, payment_id=record.payment_id, reservation_id=refund.refund_id,

@@ -335,8 +335,6 @@ def test_fund_known_account_goes_to_the_ledger_without_moving_the_balance() -> N
     assert state is not None and state.posted == 7
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: CommandRejected event_id embeds now(), so a redelivery "
-                                       "re-publishes the same rejection under a new event_id")
 def test_redelivered_rejection_keeps_its_event_id(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=s) for s in range(1_000))
     monkeypatch.setattr(account_flow, "now", lambda: next(clock), raising=False)  # a redelivery, later

@@ -160,7 +160,7 @@ def ledger_steps(draw: st.DrawFn) -> Any:
         return PostCapture(origin=origin, payment_id=payment_id, reservation_id=payment_id,
                            psp_reference=draw(identifiers), payment=payment)
     refund_key = draw(identifiers)
-    return PostRefund(origin=origin, payment_id=payment_id, reservation_id=refund_id_for(refund_key),
+    return PostRefund(origin=origin, payment_id=payment_id, reservation_id=refund_id_for(payment_id, refund_key),
                       refund_key=refund_key, amount=draw(st.integers(1, payment.amount)), payment=payment)
 
 
