@@ -59,6 +59,11 @@ SELECT count(*) AS unpublished,
 FROM outbox WHERE published_at IS NULL
 """
 
+OUTBOX_STUCK = """
+SELECT count(*) FROM outbox
+WHERE published_at IS NULL AND created_at < clock_timestamp() - make_interval(secs => $1)
+"""
+
 REBUILD_DAILY_BALANCES = """
 INSERT INTO daily_balances (account_id, day, currency, closing_balance)
 SELECT account_id, day, currency,
@@ -98,6 +103,10 @@ async def outbox_backlog(connection: asyncpg.Connection) -> tuple[int, float]:
     row = await connection.fetchrow(OUTBOX_BACKLOG)
     assert row is not None
     return int(row["unpublished"]), float(row["age"])
+
+
+async def outbox_stuck(connection: asyncpg.Connection, older_than_seconds: float) -> int:
+    return int(await connection.fetchval(OUTBOX_STUCK, older_than_seconds))
 
 
 async def rebuild_daily_balances(connection: asyncpg.Connection) -> int:

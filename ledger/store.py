@@ -134,6 +134,11 @@ class LedgerStore:
         """(unpublished outbox rows, age in seconds of the oldest; 0 when none)."""
         return await self._run(reads.outbox_backlog, what="outbox_backlog")
 
+    async def outbox_stuck(self, older_than_seconds: float) -> int:
+        """Unpublished outbox rows older than the threshold: the relay is not keeping up."""
+        return await self._run(
+            lambda connection: reads.outbox_stuck(connection, older_than_seconds), what="outbox_stuck")
+
     async def rebuild_daily_balances(self) -> int:
         return await self._run(reads.rebuild_daily_balances, what="rebuild_daily_balances")
 
