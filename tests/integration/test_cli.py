@@ -1,0 +1,64 @@
+"""The `payments` console script as an operator meets it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def payments(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PAYMENTS_")}
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env={**base, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_worker_without_a_broker_names_the_missing_variable() -> None:
+    result = payments("worker")
+    assert result.returncode == 2
+    assert "PAYMENTS_KAFKA_BOOTSTRAP is not set" in result.stderr
+
+
+def test_worker_without_a_database_names_the_missing_variable() -> None:
+    result = payments("worker", env={"PAYMENTS_KAFKA_BOOTSTRAP": "127.0.0.1:9"})
+    assert result.returncode == 2
+    assert "PAYMENTS_DATABASE_URL is not set" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "value"), [("PAYMENTS_WEB_PORT", "http"), ("PAYMENTS_PARTITIONS", "0"),
+                                             ("PAYMENTS_KAFKA_BOOTSTRAP", "no-port")])
+def test_a_malformed_setting_is_named(name: str, value: str) -> None:
+    result = payments("migrate", env={name: value})
+    assert result.returncode == 2
+    assert name in result.stderr
+
+
+async def test_migrate_is_safe_to_run_twice(database_url: str) -> None:
+    first = payments("migrate", env={"PAYMENTS_DATABASE_URL": database_url})
+    second = payments("migrate", env={"PAYMENTS_DATABASE_URL": database_url})
+    assert first.returncode == 0 and "applied 2 migration(s)" in first.stdout, first.stderr
+    assert second.returncode == 0 and "schema is current" in second.stdout
+
+
+def test_bench_says_it_is_not_built_yet() -> None:
+    result = payments("bench")
+    assert result.returncode == 3 and "not built yet" in result.stderr
+
+
+def processes(pattern: str) -> set[str]:
+    return set(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split())
+
+
+def test_demo_runs_on_the_embedded_default_and_checks_itself(tmp_path: Path) -> None:
+    brokers_before = processes("tansu")
+    result = payments("demo", "--payments", "150", "--accounts", "10",
+                      env={"PAYMENTS_DATA_DIR": str(tmp_path)}, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "outcomes as planned: 152/152" in result.stdout
+    assert "ledger balanced (PostgreSQL): yes" in result.stdout
+    assert "worker balances match the ledger: yes" in result.stdout
+    assert processes(str(tmp_path)) == set(), "the embedded PostgreSQL or a worker was left running"
+    assert processes("tansu") <= brokers_before, "the embedded broker was left running"
