@@ -20,14 +20,17 @@ from models.reconciliation import Report, compare_balances
 from settings import Settings
 
 
-async def reconcile(bootstrap: str, database_url: str, *, outbox_stuck_seconds: float = 60.0,
-                    settle_seconds: float = 10.0) -> Report:
+async def reconcile(
+    bootstrap: str, database_url: str, *, outbox_stuck_seconds: float = 60.0, settle_seconds: float = 10.0
+) -> Report:
     store = await LedgerStore.connect(database_url)
     try:
         deadline = time.monotonic() + settle_seconds
         while True:
-            states = [AccountState.model_validate_json(v)
-                      for v in (await read_table(bootstrap, changelog_topic("accounts"))).values()]
+            states = [
+                AccountState.model_validate_json(v)
+                for v in (await read_table(bootstrap, changelog_topic("accounts"))).values()
+            ]
             worker = {s.account_id: s.posted for s in states}
             ledger = await store.balances()
             mismatches = compare_balances(worker, ledger)
@@ -35,7 +38,8 @@ async def reconcile(bootstrap: str, database_url: str, *, outbox_stuck_seconds: 
                 break
             await asyncio.sleep(0.5)
         return Report(
-            accounts_checked=len(worker.keys() | ledger.keys()), mismatches=mismatches,
+            accounts_checked=len(worker.keys() | ledger.keys()),
+            mismatches=mismatches,
             unbalanced_transactions=await store.unbalanced_transactions(),
             ledger_total=sum(ledger.values()),
             outbox_stuck_rows=await store.outbox_stuck(outbox_stuck_seconds),
@@ -49,7 +53,10 @@ def render(report: Report) -> str:
     lines = [
         f"accounts checked: {report.accounts_checked}",
         f"balance mismatches: {len(report.mismatches)}",
-        *(f"  {m.account_id}: workers {m.worker_posted}, ledger {m.ledger_posted}" for m in report.mismatches),
+        *(
+            f"  {m.account_id}: workers {m.worker_posted}, ledger {m.ledger_posted}"
+            for m in report.mismatches
+        ),
         f"unbalanced ledger transactions: {len(report.unbalanced_transactions)}",
         *(f"  {t}" for t in report.unbalanced_transactions),
         f"sum of all postings: {report.ledger_total}",
@@ -65,6 +72,3 @@ def run_reconcile(settings: Settings, *, as_json: bool, outbox_stuck_seconds: fl
     report = asyncio.run(reconcile(bootstrap, database_url, outbox_stuck_seconds=outbox_stuck_seconds))
     print(json.dumps(report.as_dict(), indent=2) if as_json else render(report))
     return 0 if report.clean else 1
-
-
-

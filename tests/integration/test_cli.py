@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 
 
-def payments(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def payments(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PAYMENTS_")}
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_worker_without_a_broker_names_the_missing_variable() -> None:
@@ -28,8 +35,10 @@ def test_worker_without_a_database_names_the_missing_variable() -> None:
     assert "PAYMENTS_DATABASE_URL is not set" in result.stderr
 
 
-@pytest.mark.parametrize(("name", "value"), [("PAYMENTS_WEB_PORT", "http"), ("PAYMENTS_PARTITIONS", "0"),
-                                             ("PAYMENTS_KAFKA_BOOTSTRAP", "no-port")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PAYMENTS_WEB_PORT", "http"), ("PAYMENTS_PARTITIONS", "0"), ("PAYMENTS_KAFKA_BOOTSTRAP", "no-port")],
+)
 def test_a_malformed_setting_is_named(name: str, value: str) -> None:
     result = payments("migrate", env={name: value})
     assert result.returncode == 2
@@ -54,8 +63,9 @@ def processes(pattern: str) -> set[str]:
 
 def test_demo_runs_on_the_embedded_default_and_checks_itself(tmp_path: Path) -> None:
     brokers_before = processes("tansu")
-    result = payments("demo", "--payments", "150", "--accounts", "10",
-                      env={"PAYMENTS_DATA_DIR": str(tmp_path)}, timeout=240)
+    result = payments(
+        "demo", "--payments", "150", "--accounts", "10", env={"PAYMENTS_DATA_DIR": str(tmp_path)}, timeout=240
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "outcomes as planned: 152/152" in result.stdout
     assert "ledger balanced (PostgreSQL): yes" in result.stdout

@@ -25,8 +25,7 @@ async def pay_some(service: Service) -> None:
     keys = [f"rec-pay-{n}" for n in range(10)]
     for n, key in enumerate(keys):
         await driver.pay(key, "rec-a", "rec-b" if n % 2 else "rec-c", 100 + n)
-    await driver.wait_for(lambda: all(payment_id_for(k) in driver.outcomes() for k in keys),
-                          what="outcomes")
+    await driver.wait_for(lambda: all(payment_id_for(k) in driver.outcomes() for k in keys), what="outcomes")
 
 
 async def corrupt_ledger(database_url: str) -> None:
@@ -39,10 +38,14 @@ async def corrupt_ledger(database_url: str) -> None:
             await connection.execute(
                 "INSERT INTO ledger_transactions (transaction_id, kind, idempotency_key, fingerprint,"
                 " origin_topic, origin_partition, origin_offset) VALUES ($1, 'funding', 'manual', 'x',"
-                " 'manual', 0, 0)", transaction_id)
+                " 'manual', 0, 0)",
+                transaction_id,
+            )
             await connection.executemany(
-                "INSERT INTO postings (transaction_id, account_id, amount, currency) VALUES ($1, $2, $3, 'USD')",
-                [(transaction_id, "rec-b", -7), (transaction_id, "rec-c", 7)])
+                "INSERT INTO postings (transaction_id, account_id, amount, currency)"
+                " VALUES ($1, $2, $3, 'USD')",
+                [(transaction_id, "rec-b", -7), (transaction_id, "rec-c", 7)],
+            )
     finally:
         await connection.close()
 
@@ -59,9 +62,18 @@ async def test_reconcile_is_clean_then_detects_a_corrupted_balance(service: Serv
     assert {m.account_id for m in report.mismatches} == {"rec-b", "rec-c"}
     assert report.unbalanced_transactions == [] and report.ledger_total == 0
 
-    env = {**os.environ, "PAYMENTS_KAFKA_BOOTSTRAP": service.bootstrap,
-           "PAYMENTS_DATABASE_URL": service.database_url}
-    cli = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cli.main", "reconcile", "--json"],
-                                  env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PAYMENTS_KAFKA_BOOTSTRAP": service.bootstrap,
+        "PAYMENTS_DATABASE_URL": service.database_url,
+    }
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cli.main", "reconcile", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 1, cli.stderr
     assert '"clean": false' in cli.stdout and "rec-b" in cli.stdout

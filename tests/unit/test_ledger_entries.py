@@ -41,14 +41,24 @@ PAYMENT_ID = payment_id_for("key-1")
 
 
 def request(amount: int = 1000, **changes: Any) -> RequestPayment:
-    body: dict[str, Any] = {"idempotency_key": "key-1", "debtor_account_id": "alice",
-                            "creditor_account_id": "bob", "amount": amount, "currency": "USD"}
+    body: dict[str, Any] = {
+        "idempotency_key": "key-1",
+        "debtor_account_id": "alice",
+        "creditor_account_id": "bob",
+        "amount": amount,
+        "currency": "USD",
+    }
     return RequestPayment.model_validate({**body, **changes})
 
 
 def capture_step(amount: int = 1000) -> PostCapture:
-    return PostCapture(origin=ORIGIN, payment_id=PAYMENT_ID, reservation_id=PAYMENT_ID,
-                       psp_reference="psp-1", payment=request(amount))
+    return PostCapture(
+        origin=ORIGIN,
+        payment_id=PAYMENT_ID,
+        reservation_id=PAYMENT_ID,
+        psp_reference="psp-1",
+        payment=request(amount),
+    )
 
 
 def funding_step(amount: int = 500, account_id: str = "alice") -> PostFunding:
@@ -58,9 +68,14 @@ def funding_step(amount: int = 500, account_id: str = "alice") -> PostFunding:
 
 def refund_step(amount: int = 300, key: str = "r-1", payment: RequestPayment | None = None) -> PostRefund:
     payment = payment or request()
-    return PostRefund(origin=ORIGIN, payment_id=payment_id_for(payment.idempotency_key),
-                      reservation_id=refund_id_for(payment_id_for(payment.idempotency_key), key),
-                      refund_key=key, amount=amount, payment=payment)
+    return PostRefund(
+        origin=ORIGIN,
+        payment_id=payment_id_for(payment.idempotency_key),
+        reservation_id=refund_id_for(payment_id_for(payment.idempotency_key), key),
+        refund_key=key,
+        amount=amount,
+        payment=payment,
+    )
 
 
 def legs(entry: JournalEntry) -> set[tuple[str, int, str]]:
@@ -68,8 +83,14 @@ def legs(entry: JournalEntry) -> set[tuple[str, int, str]]:
 
 
 def entry(postings: tuple[Posting, ...]) -> JournalEntry:
-    return JournalEntry(transaction_id=uuid4(), kind=EntryKind.CAPTURE, idempotency_key="k",
-                        fingerprint="f", payment_id=None, postings=postings)
+    return JournalEntry(
+        transaction_id=uuid4(),
+        kind=EntryKind.CAPTURE,
+        idempotency_key="k",
+        fingerprint="f",
+        payment_id=None,
+        postings=postings,
+    )
 
 
 # --- assert_balanced -------------------------------------------------------------------------
@@ -121,7 +142,9 @@ def test_journal_entry_accepts_balanced_postings() -> None:
 
 def test_funding_debits_the_settlement_account_of_the_currency() -> None:
     assert set(funding_postings("alice", 500, "EUR")) == {
-        Posting("settlement:EUR", -500, "EUR"), Posting("alice", 500, "EUR")}
+        Posting("settlement:EUR", -500, "EUR"),
+        Posting("alice", 500, "EUR"),
+    }
 
 
 def test_transaction_id_depends_on_kind_and_subject() -> None:
@@ -197,8 +220,11 @@ def test_refund_key_reused_on_another_payment_is_not_a_silent_duplicate() -> Non
 
 
 def applied(outputs: list[Any]) -> list[tuple[str, str, int, str | None]]:
-    return [(o.key, o.step.account_id, o.step.amount, o.step.reservation_id)
-            for o in outputs if isinstance(o, Dispatch) and isinstance(o.step, ApplyPosting)]
+    return [
+        (o.key, o.step.account_id, o.step.amount, o.step.reservation_id)
+        for o in outputs
+        if isinstance(o, Dispatch) and isinstance(o.step, ApplyPosting)
+    ]
 
 
 def test_capture_follow_ups_settle_the_debtor_credit_the_creditor_and_tell_the_payment() -> None:
@@ -218,7 +244,8 @@ def test_follow_ups_carry_the_origin_and_transaction_of_the_first_write() -> Non
     outputs = follow_ups(step, built, event, first_write)
     assert {o.step.origin for o in outputs} == {first_write}
     assert {o.step.transaction_id for o in outputs if isinstance(o.step, ApplyPosting)} == {
-        str(built.transaction_id)}
+        str(built.transaction_id)
+    }
 
 
 def test_funding_follow_up_credits_only_the_account() -> None:
@@ -231,7 +258,10 @@ def test_refund_follow_ups_settle_the_creditor_credit_the_debtor_and_tell_the_pa
     step = refund_step(300)
     built, event = entry_for(step)
     outputs = follow_ups(step, built, event, ORIGIN)
-    assert applied(outputs) == [("bob", "bob", -300, refund_id_for(PAYMENT_ID, "r-1")), ("alice", "alice", 300, None)]
+    assert applied(outputs) == [
+        ("bob", "bob", -300, refund_id_for(PAYMENT_ID, "r-1")),
+        ("alice", "alice", 300, None),
+    ]
     assert isinstance(outputs[-1].step, RefundPosted) and outputs[-1].step.event == event
 
 
@@ -239,10 +269,12 @@ def test_refund_follow_ups_settle_the_creditor_credit_the_debtor_and_tell_the_pa
 def test_follow_up_legs_mirror_the_entry(make: Any) -> None:
     step = make()
     built, event = entry_for(step)
-    moved = Counter({account_id: amount for _, account_id, amount, _ in applied(
-        follow_ups(step, built, event, ORIGIN))})
-    on_accounts = Counter({p.account_id: p.amount for p in built.postings
-                           if not p.account_id.startswith("settlement:")})
+    moved = Counter(
+        {account_id: amount for _, account_id, amount, _ in applied(follow_ups(step, built, event, ORIGIN))}
+    )
+    on_accounts = Counter(
+        {p.account_id: p.amount for p in built.postings if not p.account_id.startswith("settlement:")}
+    )
     assert moved == on_accounts
 
 
@@ -250,4 +282,7 @@ def test_funding_conflict_is_rejected_by_idempotency_key() -> None:
     (output,) = conflict_for(funding_step())
     assert isinstance(output, Publish) and isinstance(output.event, CommandRejected)
     assert (output.event.reason, output.event.idempotency_key, output.event.account_id) == (
-        RejectionReason.IDEMPOTENCY_CONFLICT, "fund-1", "alice")
+        RejectionReason.IDEMPOTENCY_CONFLICT,
+        "fund-1",
+        "alice",
+    )

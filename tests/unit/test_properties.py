@@ -26,8 +26,9 @@ from models.types import MAX_AMOUNT
 
 PROPERTY = settings(max_examples=200, deadline=None)
 HERE = Origin(topic="account-steps", partition=0, offset=0)
-PAYMENT = RequestPayment(idempotency_key="k", debtor_account_id="alice", creditor_account_id="bob",
-                         amount=1, currency="USD")
+PAYMENT = RequestPayment(
+    idempotency_key="k", debtor_account_id="alice", creditor_account_id="bob", amount=1, currency="USD"
+)
 
 amounts = st.integers(min_value=1, max_value=5_000)
 operations = st.lists(
@@ -48,9 +49,15 @@ def new_account(overdraft_limit: int) -> AccountState:
 
 
 def reserve_step(reservation_id: str, amount: int, offset: int = 0) -> ReserveFunds:
-    return ReserveFunds(origin=Origin(topic="steps", partition=0, offset=offset), payment_id=reservation_id,
-                        reservation_id=reservation_id, account_id="alice", amount=amount, currency="USD",
-                        payment=PAYMENT)
+    return ReserveFunds(
+        origin=Origin(topic="steps", partition=0, offset=offset),
+        payment_id=reservation_id,
+        reservation_id=reservation_id,
+        account_id="alice",
+        amount=amount,
+        currency="USD",
+        payment=PAYMENT,
+    )
 
 
 def pick(holds: dict[str, int], index: int) -> str:
@@ -100,20 +107,35 @@ def step_for(operation: str, value: int, offset: int, holds: dict[str, int]) -> 
         return reserve_step(reservation_id, holds[reservation_id], offset)
     if operation == "release" and holds:
         reservation_id = pick(holds, value)
-        return ReleaseFunds(origin=origin, payment_id=reservation_id, reservation_id=reservation_id,
-                            account_id="alice", reason="psp_declined", detail="declined")
+        return ReleaseFunds(
+            origin=origin,
+            payment_id=reservation_id,
+            reservation_id=reservation_id,
+            account_id="alice",
+            reason="psp_declined",
+            detail="declined",
+        )
     if operation == "settle" and holds:
         reservation_id = pick(holds, value)
-        return ApplyPosting(origin=origin, account_id="alice", transaction_id=reservation_id,
-                            amount=-holds[reservation_id], reservation_id=reservation_id)
+        return ApplyPosting(
+            origin=origin,
+            account_id="alice",
+            transaction_id=reservation_id,
+            amount=-holds[reservation_id],
+            reservation_id=reservation_id,
+        )
     return ApplyPosting(origin=origin, account_id="alice", transaction_id=f"c{offset}", amount=value)
 
 
 @PROPERTY
-@given(overdraft_limit=st.integers(min_value=0, max_value=3_000), ops=operations,
-       redeliveries=st.lists(st.integers(min_value=0, max_value=200), max_size=20))
+@given(
+    overdraft_limit=st.integers(min_value=0, max_value=3_000),
+    ops=operations,
+    redeliveries=st.lists(st.integers(min_value=0, max_value=200), max_size=20),
+)
 def test_redelivered_steps_never_change_the_account(
-        overdraft_limit: int, ops: list[tuple[str, int]], redeliveries: list[int]) -> None:
+    overdraft_limit: int, ops: list[tuple[str, int]], redeliveries: list[int]
+) -> None:
     state = new_account(overdraft_limit)
     sent: list[Any] = []
     posted = 0
@@ -132,7 +154,8 @@ def test_redelivered_steps_never_change_the_account(
 
 # Customer accounts never carry the settlement prefix: OpenAccount refuses it.
 identifiers = st.from_regex(r"[A-Za-z0-9._:@-]{1,40}", fullmatch=True).filter(
-    lambda identifier: not identifier.startswith("settlement:"))
+    lambda identifier: not identifier.startswith("settlement:")
+)
 currencies = st.sampled_from(["USD", "EUR", "JPY", "GBP", "CHF"])
 ledger_amounts = st.integers(min_value=1, max_value=MAX_AMOUNT)
 
@@ -140,28 +163,48 @@ ledger_amounts = st.integers(min_value=1, max_value=MAX_AMOUNT)
 @st.composite
 def payments(draw: st.DrawFn) -> RequestPayment:
     debtor, creditor = draw(st.lists(identifiers, min_size=2, max_size=2, unique=True))
-    return RequestPayment(idempotency_key=draw(identifiers), debtor_account_id=debtor,
-                          creditor_account_id=creditor, amount=draw(ledger_amounts),
-                          currency=draw(currencies))
+    return RequestPayment(
+        idempotency_key=draw(identifiers),
+        debtor_account_id=debtor,
+        creditor_account_id=creditor,
+        amount=draw(ledger_amounts),
+        currency=draw(currencies),
+    )
 
 
 @st.composite
 def ledger_steps(draw: st.DrawFn) -> Any:
-    origin = Origin(topic="ledger-steps", partition=draw(st.integers(0, 7)),
-                    offset=draw(st.integers(0, 10**9)))
+    origin = Origin(
+        topic="ledger-steps", partition=draw(st.integers(0, 7)), offset=draw(st.integers(0, 10**9))
+    )
     kind = draw(st.sampled_from(["capture", "funding", "refund"]))
     if kind == "funding":
-        command = FundAccount(idempotency_key=draw(identifiers), account_id=draw(identifiers),
-                              amount=draw(ledger_amounts), currency=draw(currencies))
+        command = FundAccount(
+            idempotency_key=draw(identifiers),
+            account_id=draw(identifiers),
+            amount=draw(ledger_amounts),
+            currency=draw(currencies),
+        )
         return PostFunding(origin=origin, fingerprint=command.fingerprint(), command=command)
     payment = draw(payments())
     payment_id = payment_id_for(payment.idempotency_key)
     if kind == "capture":
-        return PostCapture(origin=origin, payment_id=payment_id, reservation_id=payment_id,
-                           psp_reference=draw(identifiers), payment=payment)
+        return PostCapture(
+            origin=origin,
+            payment_id=payment_id,
+            reservation_id=payment_id,
+            psp_reference=draw(identifiers),
+            payment=payment,
+        )
     refund_key = draw(identifiers)
-    return PostRefund(origin=origin, payment_id=payment_id, reservation_id=refund_id_for(payment_id, refund_key),
-                      refund_key=refund_key, amount=draw(st.integers(1, payment.amount)), payment=payment)
+    return PostRefund(
+        origin=origin,
+        payment_id=payment_id,
+        reservation_id=refund_id_for(payment_id, refund_key),
+        refund_key=refund_key,
+        amount=draw(st.integers(1, payment.amount)),
+        payment=payment,
+    )
 
 
 @PROPERTY
