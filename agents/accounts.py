@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import faust
 
@@ -24,26 +25,29 @@ def account_row(state: AccountState) -> AccountRow:
 
 
 def install(app: faust.App, runtime: Runtime) -> None:
+    metrics = runtime.metrics
+
+    async def handle(changed: dict[str, tuple[int, AccountState]], event: faust.EventT) -> list[Output]:
+        step = ACCOUNT_STEP.validate_json(event.message.value)
+        account_id = event.message.key.decode()
+        current = runtime.accounts.latest(account_id, changed)
+        new_state, outputs = react(current, step, origin_of(event))
+        if isinstance(step, OpenAccountOp) and current is None and new_state is not None:
+            # The ledger of record knows the account before anyone can pay into it.
+            await (await runtime.store()).open_account(account_row(new_state))
+        if isinstance(step, ReleaseFunds) and outputs:
+            metrics.compensations.labels(step.reason.value).inc()
+        if new_state is not None:
+            changed[account_id] = (event.message.partition, new_state)
+        return outputs
+
     async def own_accounts(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
             started = time.perf_counter()
             changed: dict[str, tuple[int, AccountState]] = {}
-            outputs: list[Output] = []
-            for event in events:
-                step = ACCOUNT_STEP.validate_json(event.message.value)
-                account_id = event.message.key.decode()
-                current = runtime.accounts.latest(account_id, changed)
-                new_state, said = react(current, step, origin_of(event))
-                if isinstance(step, OpenAccountOp) and new_state is not None and current is None:
-                    # The ledger of record knows the account before anyone can pay into it.
-                    await (await runtime.store()).open_account(account_row(new_state))
-                if isinstance(step, ReleaseFunds) and said:
-                    runtime.metrics.compensations.labels(step.reason).inc()
-                if new_state is not None:
-                    changed[account_id] = (event.message.partition, new_state)
-                outputs.extend(said)
-            await runtime.outlet.send(outputs)
+            handled = await runtime.quarantine.each(events, partial(handle, changed))
+            await runtime.outlet.send(output for _, outputs in handled for output in outputs)
             await runtime.accounts.record(changed)
-            runtime.metrics.step_duration.labels("validate_reserve").observe(time.perf_counter() - started)
+            metrics.step_duration.labels("validate_reserve").observe(time.perf_counter() - started)
 
-    app.agent(runtime.source(ACCOUNT_STEPS), name="accounts", concurrency=1)(own_accounts)
+    runtime.agent(ACCOUNT_STEPS, "accounts", own_accounts)

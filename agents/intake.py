@@ -73,17 +73,19 @@ def _install_reader(app: faust.App, runtime: Runtime, name: str, topic: str,
                     registry: dict[str, type[Command]], key_field: str) -> None:
     async def read(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
-            outputs: list[Output] = []
-            for event in events:
+
+            async def handle(event: faust.EventT) -> list[Output]:
                 result = read_command(event.message.value, registry, key_field)
                 if isinstance(result, Unreadable):
                     runtime.metrics.dead_letter(topic, "unreadable")
                     await runtime.outlet.dead_letter(event, result.reason, "unreadable")
-                elif isinstance(result, Invalid):
+                    return []
+                if isinstance(result, Invalid):
                     runtime.metrics.rejected(result.command_type, RejectionReason.INVALID_REQUEST)
-                    outputs.append(Publish(rejection(result, origin_of(event))))
-                else:
-                    outputs.append(hand_over(result, origin_of(event)))
-            await runtime.outlet.send(outputs)
+                    return [Publish(rejection(result, origin_of(event)))]
+                return [hand_over(result, origin_of(event))]
 
-    app.agent(runtime.source(topic), name=name, concurrency=1)(read)
+            handled = await runtime.quarantine.each(events, handle)
+            await runtime.outlet.send(output for _, outputs in handled for output in outputs)
+
+    runtime.agent(topic, name, read)

@@ -7,51 +7,82 @@ and repeated commands. Follow-ups are sent only after the commit.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+import asyncpg
 import faust
 
 from agents.runtime import Runtime
 from agents.shell import origin_of
 from infra.topics import LEDGER_STEPS
 from ledger.store import Origin as StoredOrigin
+from ledger.store import WriteResult
+from models.events import Event
+from models.ledger import JournalEntry
 from models.ledger_flow import conflict_for, entry_for, follow_ups
 from models.outputs import Output
 from models.routing import LEDGER_STEP
-from models.steps import Origin
+from models.steps import LedgerStep, Origin
+
+Prepared = tuple[faust.EventT, LedgerStep, JournalEntry, Event]
+
+
+async def prepare(event: faust.EventT) -> tuple[LedgerStep, JournalEntry, Event]:
+    step = LEDGER_STEP.validate_json(event.message.value)
+    entry, announced = entry_for(step)
+    return step, entry, announced
 
 
 def stored(origin: Origin) -> StoredOrigin:
     return StoredOrigin(topic=origin.topic, partition=origin.partition, offset=origin.offset)
 
 
+def outputs_for(step: LedgerStep, entry: JournalEntry, event: Event, result: WriteResult) -> list[Output]:
+    if not result.applied and result.stored_fingerprint != entry.fingerprint:
+        return conflict_for(step)
+    first = result.stored_origin
+    origin = Origin(topic=first.topic, partition=first.partition, offset=first.offset)
+    return follow_ups(step, entry, event, origin)
+
+
 def install(app: faust.App, runtime: Runtime) -> None:
     settings = runtime.settings
+    metrics = runtime.metrics
+
+    async def write(batch: Sequence[Prepared]) -> list[WriteResult]:
+        store = await runtime.store()
+        started = time.perf_counter()
+        results = await store.write_batch([(entry, stored(origin_of(event))) for event, _, entry, _ in batch])
+        metrics.ledger_commit.observe(time.perf_counter() - started)
+        metrics.ledger_batch_size.observe(len(batch))
+        applied = [entry for (_, _, entry, _), result in zip(batch, results, strict=True) if result.applied]
+        metrics.ledger_postings.inc(sum(len(entry.postings) for entry in applied))
+        return results
+
+    async def write_or_split(batch: list[Prepared]) -> list[tuple[Prepared, WriteResult]]:
+        """A permanent error refuses the whole transaction: find the entry at fault by
+        writing one at a time, and quarantine it; the others are written."""
+        try:
+            return list(zip(batch, await write(batch), strict=True))
+        except asyncpg.PostgresError as error:
+            if len(batch) == 1:
+                await runtime.quarantine.quarantine(batch[0][0], error)
+                return []
+        written = []
+        for prepared in batch:
+            written.extend(await write_or_split([prepared]))
+        return written
 
     async def write_ledger(stream: faust.StreamT) -> None:
         batches = stream.take_events(settings.ledger_batch_size_max,
                                      within=settings.ledger_flush_interval_seconds)
         async for events in batches:
             started = time.perf_counter()
-            steps = [LEDGER_STEP.validate_json(event.message.value) for event in events]
-            built = [entry_for(step) for step in steps]
-            origins = [origin_of(event) for event in events]
-            store = await runtime.store()
-            committing = time.perf_counter()
-            results = await store.write_batch(
-                [(entry, stored(origin)) for (entry, _), origin in zip(built, origins, strict=True)])
-            runtime.metrics.ledger_commit.observe(time.perf_counter() - committing)
-            runtime.metrics.ledger_batch_size.observe(len(events))
+            batch = [(event, *prepared) for event, prepared in await runtime.quarantine.each(events, prepare)]
             outputs: list[Output] = []
-            for step, (entry, event), result in zip(steps, built, results, strict=True):
-                if result.applied:
-                    runtime.metrics.ledger_postings.inc(len(entry.postings))
-                elif result.stored_fingerprint != entry.fingerprint:
-                    outputs.extend(conflict_for(step))
-                    continue
-                first = result.stored_origin
-                first_origin = Origin(topic=first.topic, partition=first.partition, offset=first.offset)
-                outputs.extend(follow_ups(step, entry, event, first_origin))
+            for (_, step, entry, event), result in await write_or_split(batch):
+                outputs.extend(outputs_for(step, entry, event, result))
             await runtime.outlet.send(outputs)
-            runtime.metrics.step_duration.labels("ledger").observe(time.perf_counter() - started)
+            metrics.step_duration.labels("ledger").observe(time.perf_counter() - started)
 
-    app.agent(runtime.source(LEDGER_STEPS), name="ledger", concurrency=1)(write_ledger)
+    runtime.agent(LEDGER_STEPS, "ledger", write_ledger)

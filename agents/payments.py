@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import faust
 
 from agents.runtime import Runtime
@@ -62,20 +64,21 @@ def observe(runtime: Runtime, before: PaymentRecord | None, after: PaymentRecord
 def install(app: faust.App, runtime: Runtime) -> None:
     risk_max_amount = runtime.settings.risk_max_amount
 
+    async def handle(changed: dict[str, tuple[int, PaymentRecord]], event: faust.EventT) -> list[Output]:
+        step = PAYMENT_STEP.validate_json(event.message.value)
+        payment_id = event.message.key.decode()
+        current = runtime.payments.latest(payment_id, changed)
+        record, outputs = react(current, step, origin_of(event), risk_max_amount)
+        if record is not None and record is not current:
+            observe(runtime, current, record)
+            changed[payment_id] = (event.message.partition, record)
+        return outputs
+
     async def own_payments(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
             changed: dict[str, tuple[int, PaymentRecord]] = {}
-            outputs: list[Output] = []
-            for event in events:
-                step = PAYMENT_STEP.validate_json(event.message.value)
-                payment_id = event.message.key.decode()
-                current = runtime.payments.latest(payment_id, changed)
-                record, said = react(current, step, origin_of(event), risk_max_amount)
-                if record is not None and record is not current:
-                    observe(runtime, current, record)
-                    changed[payment_id] = (event.message.partition, record)
-                outputs.extend(said)
-            await runtime.outlet.send(outputs)
+            handled = await runtime.quarantine.each(events, partial(handle, changed))
+            await runtime.outlet.send(output for _, outputs in handled for output in outputs)
             await runtime.payments.record(changed)
 
-    app.agent(runtime.source(PAYMENT_STEPS), name="payments", concurrency=1)(own_payments)
+    runtime.agent(PAYMENT_STEPS, "payments", own_payments)

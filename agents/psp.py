@@ -52,13 +52,16 @@ def outputs_for(step: AuthorizePayment, outcome: PspOutcomeRecord, origin: Origi
     return psp_flow.not_captured(step, reason, outcome.detail or outcome.result, origin)
 
 
+async def decode(event: faust.EventT) -> AuthorizePayment:
+    return PSP_STEP.validate_json(event.message.value)
+
+
 def install(app: faust.App, runtime: Runtime) -> None:
     async def capture_payments(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
             started = time.perf_counter()
             work: dict[str, tuple[faust.EventT, AuthorizePayment]] = {}
-            for event in events:
-                step = PSP_STEP.validate_json(event.message.value)
+            for event, step in await runtime.quarantine.each(events, decode):
                 if runtime.psp_outcomes.get(step.payment_id) is None:
                     work.setdefault(step.payment_id, (event, step))  # decided before: a redelivery
             steps = [step for _, step in work.values()]
@@ -72,4 +75,4 @@ def install(app: faust.App, runtime: Runtime) -> None:
                 for (event, step), outcome in zip(work.values(), outcomes, strict=True)})
             runtime.metrics.step_duration.labels("psp").observe(time.perf_counter() - started)
 
-    app.agent(runtime.source(PSP_STEPS), name="psp", concurrency=1)(capture_payments)
+    runtime.agent(PSP_STEPS, "psp", capture_payments)

@@ -10,8 +10,10 @@ repeat by its origin: never a recorded state whose messages were lost.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import faust
 from faust.types import EventT
@@ -22,6 +24,13 @@ from models.codec import dumps, event_headers
 from models.events import Event
 from models.outputs import Dispatch, Output, Publish, Route
 from models.steps import Origin
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# An exception escaping an agent makes Faust ack the batch: the worker exits instead
+# (EX_SOFTWARE), so the batch is redelivered after the restart.
+AGENT_CRASHED_EXIT_CODE = 70
 
 ROUTES: dict[Route, str] = {
     "payment": PAYMENT_STEPS, "account": ACCOUNT_STEPS, "psp": PSP_STEPS, "ledger": LEDGER_STEPS,
@@ -78,3 +87,44 @@ class Outlet:
             key=message.key, value=message.value, headers=headers
         )
         await confirm([future])
+
+
+def crash_instead_of_ack(name: str, body: Callable[[faust.StreamT], Awaitable[None]]
+                         ) -> Callable[[faust.StreamT], Awaitable[None]]:
+    async def guarded(stream: faust.StreamT) -> None:
+        try:
+            await body(stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - anything here would be acked past
+            log.critical("agent %s failed; exiting so its batch is redelivered", name, exc_info=True)
+            os._exit(AGENT_CRASHED_EXIT_CODE)
+
+    guarded.__name__ = name
+    return guarded
+
+
+class Quarantine:
+    """Per-message failures that no retry can fix (a step that does not decode, a
+    decision that raises): the message goes to the dead-letter topic with the error,
+    and the batch goes on. Nothing is dropped, and one bad message does not wedge a
+    partition."""
+
+    def __init__(self, outlet: Outlet, on_dead_letter: Callable[[str, str], None]) -> None:
+        self.outlet = outlet
+        self.on_dead_letter = on_dead_letter
+
+    async def each(self, events: Sequence[EventT], handle: Callable[[EventT], Awaitable[T]]
+                   ) -> list[tuple[EventT, T]]:
+        handled = []
+        for event in events:
+            try:
+                handled.append((event, await handle(event)))
+            except Exception as error:  # noqa: BLE001 - quarantined with its reason
+                await self.quarantine(event, error)
+        return handled
+
+    async def quarantine(self, event: EventT, error: Exception) -> None:
+        log.error("step at %s quarantined: %r", origin_of(event), error, exc_info=error)
+        self.on_dead_letter(event.message.topic, type(error).__name__)
+        await self.outlet.dead_letter(event, repr(error)[:2000], "step_failed")
