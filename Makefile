@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test chaos bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+chaos: $(STAMP)
+	$(VENV)/bin/pytest -q -m chaos -p no:cacheprovider tests/integration/test_faults.py
 
 bench: $(STAMP)
 	$(VENV)/bin/payments bench

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import faust
 from prometheus_client import CollectorRegistry
 
-from agents import accounts, intake, ledger, payments, psp
+from agents import accounts, intake, ledger, monitor, payments, psp, web
 from agents.runtime import Runtime
+from infra.crash import crash_point
 from infra.delivery import confirm
 from infra.metrics import Metrics
 from infra.topics import APP_ID
@@ -52,8 +53,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     for module in (intake, payments, accounts, psp, ledger):
         module.install(app, runtime)
     _install_outbox_relay(app, runtime)
-    from agents import web
-
+    monitor.install(app, runtime)
     web.install(app, runtime)
     app.payments_runtime = runtime  # type: ignore[attr-defined]
     return app
@@ -67,6 +67,7 @@ def _install_outbox_relay(app: faust.App, runtime: Runtime) -> None:
             for row in rows
         ]
         await confirm(futures)
+        crash_point("relay.after_publish")
 
     relay = OutboxRelay(runtime.database_url, publish, poll_interval_seconds=0.5)
 

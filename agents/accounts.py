@@ -9,6 +9,7 @@ import faust
 
 from agents.runtime import Runtime
 from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from infra.crash import crash_point
 from infra.topics import ACCOUNT_STEPS
 from ledger.accounts import AccountRow
 from models.account import AccountState
@@ -47,7 +48,9 @@ def install(app: faust.App, runtime: Runtime) -> None:
             changed: dict[str, tuple[int, AccountState]] = {}
             handled = await runtime.quarantine.each(events, partial(handle, changed))
             await runtime.outlet.send(output for _, outputs in handled for output in outputs)
+            crash_point("accounts.after_send")
             await runtime.accounts.record(changed)
+            crash_point("accounts.after_record")
             metrics.step_duration.labels("validate_reserve").observe(time.perf_counter() - started)
 
     runtime.agent(ACCOUNT_STEPS, "accounts", own_accounts)

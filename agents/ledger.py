@@ -14,6 +14,7 @@ import faust
 
 from agents.runtime import Runtime
 from agents.shell import origin_of
+from infra.crash import crash_point
 from infra.topics import LEDGER_STEPS
 from ledger.store import Origin as StoredOrigin
 from ledger.store import WriteResult
@@ -79,10 +80,14 @@ def install(app: faust.App, runtime: Runtime) -> None:
         async for events in batches:
             started = time.perf_counter()
             batch = [(event, *prepared) for event, prepared in await runtime.quarantine.each(events, prepare)]
+            written = await write_or_split(batch)
+            if written:
+                crash_point("ledger.after_commit")
             outputs: list[Output] = []
-            for (_, step, entry, event), result in await write_or_split(batch):
+            for (_, step, entry, event), result in written:
                 outputs.extend(outputs_for(step, entry, event, result))
             await runtime.outlet.send(outputs)
+            crash_point("ledger.after_send")
             metrics.step_duration.labels("ledger").observe(time.perf_counter() - started)
 
     runtime.agent(LEDGER_STEPS, "ledger", write_ledger)

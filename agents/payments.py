@@ -8,6 +8,7 @@ import faust
 
 from agents.runtime import Runtime
 from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from infra.crash import crash_point
 from infra.topics import PAYMENT_STEPS
 from models import payment as flow
 from models.outputs import Output
@@ -79,6 +80,8 @@ def install(app: faust.App, runtime: Runtime) -> None:
             changed: dict[str, tuple[int, PaymentRecord]] = {}
             handled = await runtime.quarantine.each(events, partial(handle, changed))
             await runtime.outlet.send(output for _, outputs in handled for output in outputs)
+            crash_point("payments.after_send")
             await runtime.payments.record(changed)
+            crash_point("payments.after_record")
 
     runtime.agent(PAYMENT_STEPS, "payments", own_payments)

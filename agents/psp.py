@@ -13,6 +13,7 @@ import faust
 
 from agents.runtime import Runtime
 from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from infra.crash import crash_point
 from infra.topics import PSP_STEPS
 from models import psp_flow
 from models.events import FailureReason
@@ -66,10 +67,13 @@ def install(app: faust.App, runtime: Runtime) -> None:
                     work.setdefault(step.payment_id, (event, step))  # decided before: a redelivery
             steps = [step for _, step in work.values()]
             outcomes = await asyncio.gather(*(authorize(runtime, step) for step in steps))
+            if outcomes:
+                crash_point("psp.after_capture")
             outputs: list[Output] = []
             for (event, step), outcome in zip(work.values(), outcomes, strict=True):
                 outputs.extend(outputs_for(step, outcome, origin_of(event)))
             await runtime.outlet.send(outputs)
+            crash_point("psp.after_send")
             await runtime.psp_outcomes.record({
                 step.payment_id: (event.message.partition, outcome)
                 for (event, step), outcome in zip(work.values(), outcomes, strict=True)})
