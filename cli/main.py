@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.add_argument("--outbox-stuck-seconds", type=float, default=60.0)
     commands.add_parser("bench", help="the benchmark (not built yet)")
+    asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the models")
+    asyncapi.add_argument("--check", action="store_true", help="exit 1 when the document is out of date")
     args = parser.parse_args(argv)
+    if args.command == "asyncapi":
+        return _asyncapi(check_only=args.check)
     try:
         settings = load_settings()
         return _run(args, settings)
@@ -65,6 +69,22 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return run_reconcile(settings, as_json=args.json, outbox_stuck_seconds=args.outbox_stuck_seconds)
     print("payments bench: not built yet (see the performance issue)", file=sys.stderr)
     return 3
+
+
+def _asyncapi(*, check_only: bool) -> int:
+    """Needs no settings or broker: the document comes from the models alone."""
+    from infra import asyncapi
+
+    if not check_only:
+        asyncapi.write(asyncapi.DOCUMENT_PATH)
+        print(f"wrote {asyncapi.DOCUMENT_PATH}")
+        return 0
+    differences = asyncapi.check(asyncapi.DOCUMENT_PATH)
+    for line in differences:
+        print(line)
+    if differences:
+        print("the document is out of date: run `payments asyncapi`", file=sys.stderr)
+    return 1 if differences else 0
 
 
 if __name__ == "__main__":
