@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import faust
@@ -9,9 +10,11 @@ import faust
 from agents.runtime import Runtime
 from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
 from infra.crash import crash_point
+from infra.logs import payment_context
 from infra.topics import PAYMENT_STEPS
 from models import payment as flow
-from models.outputs import Output
+from models.events import RefundFailed
+from models.outputs import Output, Publish
 from models.payment import PaymentRecord
 from models.routing import PAYMENT_STEP
 from models.steps import (
@@ -25,6 +28,8 @@ from models.steps import (
     RefundStepFailed,
     RefundSubmitted,
 )
+
+log = logging.getLogger(__name__)
 
 Reaction = tuple[PaymentRecord | None, list[Output]]
 
@@ -56,10 +61,21 @@ def react(record: PaymentRecord | None, step: PaymentStep, origin: Origin, risk_
 def observe(runtime: Runtime, before: PaymentRecord | None, after: PaymentRecord) -> None:
     if after.outcome is not None and (before is None or before.outcome is None):
         reason = after.reason.value if after.reason else ""
+        log.info("payment %s%s", after.status, f": {reason} ({after.detail})" if reason else "",
+                 extra=payment_context(after.payment_id, after.request.idempotency_key))
         runtime.metrics.outcomes.labels(after.status, reason).inc()
         started = after.history[0].at
         runtime.metrics.end_to_end.labels(after.status).observe(
             (after.history[-1].at - started).total_seconds())
+
+
+def count_refund(runtime: Runtime, step: PaymentStep, before: PaymentRecord | None,
+                 after: PaymentRecord | None, outputs: list[Output]) -> None:
+    if isinstance(step, RefundPosted) and after is not before:
+        runtime.metrics.refunds.labels("refunded").inc()
+    failed = sum(1 for o in outputs if isinstance(o, Publish) and isinstance(o.event, RefundFailed))
+    if failed and (after is not before or isinstance(step, RefundSubmitted) and before is None):
+        runtime.metrics.refunds.labels("failed").inc(failed)
 
 
 def install(app: faust.App, runtime: Runtime) -> None:
@@ -70,6 +86,7 @@ def install(app: faust.App, runtime: Runtime) -> None:
         payment_id = event.message.key.decode()
         current = runtime.payments.latest(payment_id, changed)
         record, outputs = react(current, step, origin_of(event), risk_max_amount)
+        count_refund(runtime, step, current, record, outputs)
         if record is not None and record is not current:
             observe(runtime, current, record)
             changed[payment_id] = (event.message.partition, record)

@@ -7,6 +7,7 @@ import logging
 
 import faust
 
+from infra import logs
 from infra.topics import ensure_topics, service_topics
 from ledger.migrate import migrate
 from settings import Settings
@@ -19,7 +20,8 @@ def run_worker(settings: Settings) -> int:
     from app import create_app
 
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=logging.WARNING, override_logging=True)
+    logs.configure()
+    worker = faust.Worker(app, loglevel=logging.WARNING, override_logging=False)
     worker.execute_from_commandline()  # blocks; exits the process when the worker stops
     return 0
 
