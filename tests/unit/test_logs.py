@@ -19,7 +19,11 @@ def record(**extra: str) -> logging.LogRecord:
 def test_json_lines_carry_the_payment_context() -> None:
     line = orjson.loads(JsonFormatter().format(record(**payment_context("pay-1", "key-1"))))
     assert line["message"] == "payment failed" and line["level"] == "info"
-    assert (line["payment_id"], line["idempotency_key"], line["correlation_id"]) == ("pay-1", "key-1", "pay-1")
+    assert (line["payment_id"], line["idempotency_key"], line["correlation_id"]) == (
+        "pay-1",
+        "key-1",
+        "pay-1",
+    )
     assert line["time"].endswith("Z")
 
 
