@@ -46,6 +46,15 @@ def outputs_for(step: LedgerStep, entry: JournalEntry, event: Event, result: Wri
     return follow_ups(step, entry, event, origin)
 
 
+def is_repeated_command(event: faust.EventT, entry: JournalEntry, result: WriteResult) -> bool:
+    """The same command again (not a redelivery of the first request): answer it with the
+    original outcome, which only the outbox holds for a funding."""
+    first = result.stored_origin
+    here = origin_of(event)
+    return (not result.applied and result.stored_fingerprint == entry.fingerprint
+            and (first.topic, first.partition, first.offset) != (here.topic, here.partition, here.offset))
+
+
 def install(app: faust.App, runtime: Runtime) -> None:
     settings = runtime.settings
     metrics = runtime.metrics
@@ -84,9 +93,14 @@ def install(app: faust.App, runtime: Runtime) -> None:
             if written:
                 crash_point("ledger.after_commit")
             outputs: list[Output] = []
-            for (_, step, entry, event), result in written:
+            repeated = []
+            for (source, step, entry, event), result in written:
                 outputs.extend(outputs_for(step, entry, event, result))
+                if is_repeated_command(source, entry, result):
+                    repeated.extend(message.event_id for message in entry.outbox)
             await runtime.outlet.send(outputs)
+            if repeated:
+                await (await runtime.store()).republish(repeated)
             crash_point("ledger.after_send")
             metrics.step_duration.labels("ledger").observe(time.perf_counter() - started)
 

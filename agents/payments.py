@@ -85,6 +85,13 @@ def install(app: faust.App, runtime: Runtime) -> None:
         step = PAYMENT_STEP.validate_json(event.message.value)
         payment_id = event.message.key.decode()
         current = runtime.payments.latest(payment_id, changed)
+        if current is None and not isinstance(step, PaymentSubmitted | RefundSubmitted):
+            # Cannot happen while the table is complete: a step of an unknown payment means
+            # this worker's view of the partition is missing state. Say so loudly.
+            log.error("step %s for a payment this worker does not know (partition %s offset %s, assigned %s)",
+                      step.kind, event.message.partition, event.message.offset,
+                      sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == PAYMENT_STEPS),
+                      extra=payment_context(payment_id))
         record, outputs = react(current, step, origin_of(event), risk_max_amount)
         count_refund(runtime, step, current, record, outputs)
         if record is not None and record is not current:

@@ -62,14 +62,17 @@ def install(app: faust.App, runtime: Runtime) -> None:
         async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
             started = time.perf_counter()
             work: dict[str, tuple[faust.EventT, AuthorizePayment]] = {}
+            outputs: list[Output] = []
             for event, step in await runtime.quarantine.each(events, decode):
-                if runtime.psp_outcomes.get(step.payment_id) is None:
-                    work.setdefault(step.payment_id, (event, step))  # decided before: a redelivery
+                decided = runtime.psp_outcomes.get(step.payment_id)
+                if decided is not None:  # asked again: answer with what was decided, call nobody
+                    outputs.extend(outputs_for(step, decided, origin_of(event)))
+                else:
+                    work.setdefault(step.payment_id, (event, step))
             steps = [step for _, step in work.values()]
             outcomes = await asyncio.gather(*(authorize(runtime, step) for step in steps))
             if outcomes:
                 crash_point("psp.after_capture")
-            outputs: list[Output] = []
             for (event, step), outcome in zip(work.values(), outcomes, strict=True):
                 outputs.extend(outputs_for(step, outcome, origin_of(event)))
             await runtime.outlet.send(outputs)

@@ -5,6 +5,7 @@ Reads of table state are routed to the worker that owns the key (`table_route`).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import faust
@@ -35,6 +36,12 @@ def payment_view(record: PaymentRecord) -> dict[str, Any]:
         "history": [{"step": h.step, "at": h.at.isoformat(), "detail": h.detail}
                     for h in record.history],
     }
+
+
+def big_json(web: Any, body: dict[str, Any], status: int = 200) -> Response:
+    """Ledger sums are unbounded (a settlement account can pass 2^64): the standard
+    encoder writes any integer, where Faust's 64-bit one would fail with a 500."""
+    return web.bytes(json.dumps(body).encode(), content_type="application/json", status=status)
 
 
 def ready(app: faust.App) -> bool:
@@ -69,16 +76,18 @@ def install(app: faust.App, runtime: Runtime) -> None:
         state = runtime.accounts.get(account_id)
         if state is None:
             return web.json({"error": f"account {account_id} not found"}, status=404)
-        return web.json({"account_id": account_id, "currency": state.currency, "posted": state.posted,
-                         "pending": state.pending, "available": state.available})
+        return big_json(web, {"account_id": account_id, "currency": state.currency, "posted": state.posted,
+                              "pending": state.pending, "available": state.available})
 
     @app.page("/v1/accounts/{account_id}/statement")
     async def statement(web: Any, request: Request, account_id: str) -> Response:
         try:
             after = int(request.query.get("after", "0"))
-            limit = min(int(request.query.get("limit", "100")), STATEMENT_PAGE_MAX)
+            limit = int(request.query.get("limit", "100"))
         except ValueError:
             return web.json({"error": "after and limit must be integers"}, status=422)
+        if not 1 <= limit <= STATEMENT_PAGE_MAX:
+            return web.json({"error": f"limit must be between 1 and {STATEMENT_PAGE_MAX}"}, status=422)
         store = await runtime.store()
         entries = await store.statement(account_id, after_posting_id=after, limit=limit)
         items = [{"posting_id": e.posting_id, "transaction_id": str(e.transaction_id),
@@ -86,7 +95,7 @@ def install(app: faust.App, runtime: Runtime) -> None:
                   "posted_at": e.posted_at.isoformat(), "balance_after": e.balance_after}
                  for e in entries]
         next_after = items[-1]["posting_id"] if len(items) == limit else None
-        return web.json({"account_id": account_id, "entries": items, "next_after": next_after})
+        return big_json(web, {"account_id": account_id, "entries": items, "next_after": next_after})
 
     @app.page("/v1/payments")
     class Payments(View):

@@ -105,6 +105,13 @@ async def outbox_backlog(connection: asyncpg.Connection) -> tuple[int, float]:
     return int(row["unpublished"]), float(row["age"])
 
 
+async def republish(connection: asyncpg.Connection, event_ids: list[UUID]) -> int:
+    status = await connection.execute(
+        "UPDATE outbox SET published_at = NULL WHERE event_id = ANY($1::uuid[]) AND published_at IS NOT NULL",
+        event_ids)
+    return int(status.split()[-1])
+
+
 async def outbox_stuck(connection: asyncpg.Connection, older_than_seconds: float) -> int:
     return int(await connection.fetchval(OUTBOX_STUCK, older_than_seconds))
 

@@ -134,6 +134,12 @@ class LedgerStore:
         """(unpublished outbox rows, age in seconds of the oldest; 0 when none)."""
         return await self._run(reads.outbox_backlog, what="outbox_backlog")
 
+    async def republish(self, event_ids: Sequence[UUID]) -> int:
+        """Publish stored events again, the same bytes under the same event_id: the answer
+        to a repeated command whose outcome lives only in the outbox."""
+        return await self._run(lambda connection: reads.republish(connection, list(event_ids)),
+                               what="republish")
+
     async def outbox_stuck(self, older_than_seconds: float) -> int:
         """Unpublished outbox rows older than the threshold: the relay is not keeping up."""
         return await self._run(

@@ -367,9 +367,6 @@ async def test_repeated_funding_moves_money_once(service: Service) -> None:
     await account_settles(service, account_id, 2_500)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a repeated FundAccount (same key, same payload) is not "
-                   "answered: AccountFunded is published only from the first write's outbox row, so "
-                   "contract guarantee 2 (re-publish the original outcome, same event_id) does not hold")
 async def test_repeated_funding_republishes_account_funded(service: Service) -> None:
     driver = service.driver
     account_id = "cr-fund-answer"
