@@ -8,7 +8,7 @@ from functools import partial
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from agents.shell import batches, origin_of
 from infra.crash import crash_point
 from infra.topics import ACCOUNT_STEPS
 from ledger.accounts import AccountRow
@@ -43,7 +43,7 @@ def install(app: faust.App, runtime: Runtime) -> None:
         return outputs
 
     async def own_accounts(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
+        async for events in batches(stream):
             started = time.perf_counter()
             changed: dict[str, tuple[int, AccountState]] = {}
             handled = await runtime.quarantine.each(events, partial(handle, changed))

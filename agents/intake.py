@@ -9,7 +9,7 @@ from __future__ import annotations
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from agents.shell import batches, origin_of
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS
 from models.codec import Invalid, Unreadable, read_command
 from models.commands import (
@@ -72,7 +72,7 @@ def install(app: faust.App, runtime: Runtime) -> None:
 def _install_reader(app: faust.App, runtime: Runtime, name: str, topic: str,
                     registry: dict[str, type[Command]], key_field: str) -> None:
     async def read(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
+        async for events in batches(stream):
 
             async def handle(event: faust.EventT) -> list[Output]:
                 result = read_command(event.message.value, registry, key_field)

@@ -13,7 +13,7 @@ import asyncpg
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import origin_of
+from agents.shell import batches, origin_of
 from infra.crash import crash_point
 from infra.topics import LEDGER_STEPS
 from ledger.store import Origin as StoredOrigin
@@ -84,9 +84,8 @@ def install(app: faust.App, runtime: Runtime) -> None:
         return written
 
     async def write_ledger(stream: faust.StreamT) -> None:
-        batches = stream.take_events(settings.ledger_batch_size_max,
-                                     within=settings.ledger_flush_interval_seconds)
-        async for events in batches:
+        async for events in batches(stream, settings.ledger_batch_size_max,
+                                    settings.ledger_flush_interval_seconds):
             started = time.perf_counter()
             batch = [(event, *prepared) for event, prepared in await runtime.quarantine.each(events, prepare)]
             written = await write_or_split(batch)

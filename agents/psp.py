@@ -12,7 +12,7 @@ import time
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import BATCH_SIZE_MAX, BATCH_WITHIN_SECONDS, origin_of
+from agents.shell import batches, origin_of
 from infra.crash import crash_point
 from infra.topics import PSP_STEPS
 from models import psp_flow
@@ -59,7 +59,7 @@ async def decode(event: faust.EventT) -> AuthorizePayment:
 
 def install(app: faust.App, runtime: Runtime) -> None:
     async def capture_payments(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WITHIN_SECONDS):
+        async for events in batches(stream):
             started = time.perf_counter()
             work: dict[str, tuple[faust.EventT, AuthorizePayment]] = {}
             outputs: list[Output] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import faust
@@ -37,6 +37,19 @@ ROUTES: dict[Route, str] = {
 }
 BATCH_SIZE_MAX = 200
 BATCH_WITHIN_SECONDS = 0.005
+
+
+async def batches(stream: faust.StreamT, size: int = BATCH_SIZE_MAX, within: float = BATCH_WITHIN_SECONDS
+                  ) -> AsyncIterator[list[EventT]]:
+    """Batches of events, acked only after the agent has finished with them.
+
+    Faust's take() acks a batch in a `finally`, so a batch whose handling was cancelled
+    (a graceful stop, a rebalance) or failed would be committed unprocessed. Here the
+    ack comes when the agent asks for the next batch, and never on the way out."""
+    async for events in stream.noack_take(size, within):
+        yield list(events)
+        for event in events:
+            await stream.ack(event)
 
 
 def origin_of(event: EventT) -> Origin:
