@@ -1,0 +1,228 @@
+"""`payments bench`: the service against the classic row-lock design, in one run on one PostgreSQL.
+
+Starts the embedded broker and PostgreSQL unless they are configured, then measures, in
+order: the ledger writer alone; the classic design at its best client count, on each
+workload; the service (one `payments worker`) on each workload, throughput then latency
+at half that throughput. Prints the figures, writes them as JSON (and a PNG plot when
+matplotlib is installed). Exits 0 when every measurement is valid (every payment reached
+its outcome, none failed, the classic design raised no error), whether or not the
+targets are met; the table and the JSON say which are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench import WORKLOADS, account_ids, classic, report, transfers
+from bench.ledger_writer import BATCH_SIZES, measure_ledger_writer
+from bench.service import Outcomes, ServiceBench, WorkerProbe
+from infra.broker import EmbeddedBroker
+from infra.database import create_database, drop_database
+from infra.driver import ServiceDriver
+from infra.postgres import EmbeddedPostgres
+from infra.topics import ensure_topics, service_topics
+from infra.worker_process import WorkerProcess
+from ledger.migrate import migrate
+from settings import Settings
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How long each part runs; `quick` is for the test suite, not for figures."""
+
+    ledger_seconds_per_size: float
+    ledger_minimum_batches: int
+    classic_client_counts: tuple[int, ...]
+    classic_seconds_per_trial: float
+    warmup_payments: int
+    latency_seconds: float
+
+    @classmethod
+    def of(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(0.2, 1, (1, 4), 0.5, 10, 2.0)
+        return cls(2.5, 3, classic.CLIENT_COUNTS, 2.5, 200, 30.0)
+
+
+def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | None = None) -> int:
+    """Measure, print, write `output` (default: PAYMENTS_DATA_DIR/bench-results.json); 0 when valid."""
+    if payments < 1:
+        raise ValueError("payments must be at least 1")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=settings.data_dir))
+    output = output or settings.data_dir / "bench-results.json"
+    sizes = Sizes.of(quick)
+    started = time.monotonic()
+    results: dict[str, Any] = {"run": _run_facts(settings, payments, quick)}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    databases: list[str] = []  # created on the server; dropped at the end when it is a configured one
+    with _infrastructure(settings, workdir) as (bootstrap, server_url), \
+            Progress(*columns, console=console) as progress:
+        try:
+            results["ledger_writer"] = asyncio.run(_ledger_writer(server_url, sizes, progress, databases))
+            results["classic"] = asyncio.run(_classic(server_url, sizes, progress, databases, results["run"]))
+            databases.append(asyncio.run(_prepare_service(bootstrap, server_url, settings.partitions)))
+            worker = WorkerProcess(bootstrap, databases[-1], workdir, partitions=settings.partitions)
+            progress.console.print(f"starting a worker (log: {worker.log}) ...")
+            try:
+                worker.start()
+                assert worker.process is not None
+                progress.console.print(f"worker pid {worker.process.pid}")
+                results["service"] = asyncio.run(
+                    _service(bootstrap, worker.process.pid, payments, sizes, progress))
+            finally:
+                worker.stop()
+        finally:
+            if settings.database_url:  # an embedded server is removed whole when it stops
+                asyncio.run(_drop(server_url, databases))
+    results["ratio"] = {w: _ratio(results, w) for w in WORKLOADS}
+    results["targets"] = report.targets(results)
+    results["run"]["seconds"] = round(time.monotonic() - started, 1)
+    report.print_tables(console, results)
+    console.print(f"figures written to {report.write_json(results, output)}")
+    plot = report.write_plot(results, output.with_suffix(".png"))
+    console.print(f"plot written to {plot}" if plot else "no plot: matplotlib is not installed")
+    problems = _invalid(results)
+    for problem in problems:
+        console.print(f"[red]invalid measurement:[/red] {problem}")
+    return 1 if problems else 0
+
+
+@contextlib.contextmanager
+def _infrastructure(settings: Settings, workdir: Path) -> Iterator[tuple[str, str]]:
+    """(bootstrap, PostgreSQL server URL): the configured ones, or embedded ones stopped on every exit."""
+    with contextlib.ExitStack() as stack:
+        bootstrap, server_url = settings.kafka_bootstrap, settings.database_url
+        if not bootstrap:
+            console.print("starting the embedded Kafka-compatible broker (tansu) ...")
+            bootstrap = stack.enter_context(EmbeddedBroker(workdir)).bootstrap
+        if not server_url:
+            console.print("starting the embedded PostgreSQL ...")
+            # Removed once stopped (callbacks run last-in first-out): a full run leaves ~1 GB of
+            # tables and WAL behind otherwise. Its log, like the others, stays in workdir.
+            stack.callback(shutil.rmtree, workdir / "postgres", ignore_errors=True)
+            server_url = stack.enter_context(EmbeddedPostgres(workdir / "postgres")).url
+        yield bootstrap, server_url
+
+
+def _run_facts(settings: Settings, payments: int, quick: bool) -> dict[str, Any]:
+    broker = "configured" if settings.kafka_bootstrap else "embedded"
+    postgres = "configured" if settings.database_url else "embedded"
+    return {
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full", "payments_per_throughput_run": payments,
+        "cpus": os.cpu_count(), "python": platform.python_version(), "partitions": settings.partitions,
+        "infrastructure": broker if broker == postgres else f"{broker} broker, {postgres} PostgreSQL",
+    }
+
+
+async def _ledger_writer(
+    server_url: str, sizes: Sizes, progress: Progress, databases: list[str]
+) -> list[dict[str, Any]]:
+    task = progress.add_task("ledger writer (batch sizes, COPY)", total=len(BATCH_SIZES) + 1)
+    database_url, runs = await measure_ledger_writer(
+        server_url, seconds_per_size=sizes.ledger_seconds_per_size,
+        minimum_batches=sizes.ledger_minimum_batches, on_run=lambda run: progress.advance(task))
+    databases.append(database_url)
+    return [run.summary() for run in runs]
+
+
+async def _classic(
+    server_url: str, sizes: Sizes, progress: Progress, databases: list[str], facts: dict[str, Any]
+) -> dict[str, Any]:
+    accounts = account_ids("classic")
+    database_url = await classic.prepare(server_url, accounts, balance=10**15)
+    databases.append(database_url)
+    facts["postgres_deadlock_timeout"] = await classic.deadlock_timeout(database_url)
+    found: dict[str, Any] = {}
+    for seed, workload in enumerate(WORKLOADS):
+        counts = sizes.classic_client_counts
+        task = progress.add_task(f"classic, {workload}: client counts {counts}", total=len(counts))
+        best, trials = await classic.best_client_count(
+            database_url, transfers(workload, accounts, seed=seed), workload=workload,
+            seconds=sizes.classic_seconds_per_trial, client_counts=counts,
+            on_trial=lambda run, task=task: progress.advance(task))
+        found[workload] = {"best": best.summary(), "trials": [trial.summary() for trial in trials]}
+    return found
+
+
+async def _prepare_service(bootstrap: str, server_url: str, partitions: int) -> str:
+    database_url = await create_database(server_url, prefix="bench_service")
+    await ensure_topics(bootstrap, service_topics(partitions))
+    await migrate(database_url)
+    return database_url
+
+
+async def _service(
+    bootstrap: str, pid: int, payments: int, sizes: Sizes, progress: Progress
+) -> dict[str, Any]:
+    driver = await ServiceDriver(bootstrap).start()
+    outcomes, probe = Outcomes(driver), WorkerProbe(pid)
+    run_id = uuid.uuid4().hex[:8]
+    bench = ServiceBench(driver, outcomes, progress, run_id)
+    accounts = account_ids(f"bench-{run_id}")
+    found: dict[str, Any] = {}
+    try:
+        async with probe.sampling(outcomes):
+            await bench.open_accounts(accounts)
+            rss_first = probe.rss_bytes()
+            await bench.throughput("uniform", transfers("uniform", accounts, seed=100), sizes.warmup_payments,
+                                   probe, label="warm-up (not counted)")
+            for seed, workload in enumerate(WORKLOADS, start=1):
+                stream = transfers(workload, accounts, seed=seed)
+                throughput = await bench.throughput(workload, stream, payments, probe)
+                rate = max(throughput.payments_per_second / 2, 1.0)
+                latency = await bench.latency(workload, stream, rate, sizes.latency_seconds)
+                found[workload] = {"throughput": throughput.summary(), "latency": latency.summary()}
+            rss_last = probe.rss_bytes()
+    finally:
+        await driver.stop()
+    found["worker"] = {
+        "pid": pid, "peak_rss_bytes": probe.peak_rss_bytes(), "rss_first_bytes": rss_first,
+        "rss_last_bytes": rss_last, "payments_total": len(outcomes.by_payment),
+        "rss_growth_second_half_bytes_per_1000_payments": probe.growth_second_half_per_1000(),
+        "rss_samples": [[round(t, 2), rss, count] for t, rss, count in probe.samples],
+    }
+    return found
+
+
+async def _drop(server_url: str, databases: list[str]) -> None:
+    for database_url in databases:
+        await drop_database(server_url, database_url)
+
+
+def _ratio(results: dict[str, Any], workload: str) -> float:
+    service = results["service"][workload]["throughput"]["payments_per_second"]
+    baseline = results["classic"][workload]["best"]["payments_per_second"]
+    return round(service / baseline, 4) if baseline else 0.0
+
+
+def _invalid(results: dict[str, Any]) -> list[str]:
+    problems = []
+    for workload in WORKLOADS:
+        for phase in ("throughput", "latency"):
+            figures = results["service"][workload][phase]
+            if figures["missing"] or figures["failed"]:
+                problems.append(f"service {workload} {phase}: {figures['missing']} payments without an "
+                                f"outcome, {figures['failed']} failed")
+        errors = sum(trial["errors"] for trial in results["classic"][workload]["trials"])
+        if errors:
+            problems.append(f"classic {workload}: {errors} transfers refused")
+    return problems

@@ -1,0 +1,53 @@
+"""`payments bench` in quick mode: every figure is measured, printed and written as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import asyncpg
+
+from bench.main import run_bench
+from settings import Settings
+
+
+async def bench_databases(server_url: str) -> list[str]:
+    connection = await asyncpg.connect(server_url)
+    try:
+        rows = await connection.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'bench_%'")
+    finally:
+        await connection.close()
+    return [row["datname"] for row in rows]
+
+
+def test_a_quick_bench_measures_both_designs_and_writes_every_figure(
+    tmp_path: Path, kafka_bootstrap: str, postgres_server_url: str
+) -> None:
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, database_url=postgres_server_url, data_dir=tmp_path)
+    before = asyncio.run(bench_databases(postgres_server_url))
+
+    assert run_bench(settings, payments=30, quick=True) == 0
+
+    results = json.loads((tmp_path / "bench-results.json").read_text())
+    assert set(results) >= {"run", "ledger_writer", "classic", "service", "ratio", "targets"}
+    for workload in ("uniform", "hot"):
+        best = results["classic"][workload]["best"]
+        assert best["payments_per_second"] > 0 and best["clients"] in (1, 4) and best["errors"] == 0
+        assert len(results["classic"][workload]["trials"]) == 2
+        throughput = results["service"][workload]["throughput"]
+        assert throughput["payments"] == 30 and throughput["captured"] == 30 and throughput["missing"] == 0
+        assert throughput["payments_per_second"] > 0 and throughput["worker_cpu_ms_per_payment"] > 0
+        latency = results["service"][workload]["latency"]
+        assert latency["missing"] == 0 and 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["p999_ms"]
+        assert results["ratio"][workload] > 0
+        assert isinstance(results["targets"][f"ratio_{workload}_met"], bool)
+    writers = results["ledger_writer"]
+    assert [(run["method"], run["batch_size"]) for run in writers[:4]] == [
+        ("write_batch", 1), ("write_batch", 100), ("write_batch", 500), ("write_batch", 2000)]
+    assert writers[4]["method"] == "copy"
+    assert all(run["postings_per_second"] > 0 for run in writers)
+    worker = results["service"]["worker"]
+    assert worker["peak_rss_bytes"] >= worker["rss_first_bytes"] > 0 and worker["rss_samples"]
+    # A configured server keeps none of the bench's databases.
+    assert asyncio.run(bench_databases(postgres_server_url)) == before
