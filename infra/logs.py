@@ -47,7 +47,8 @@ class TextFormatter(logging.Formatter):
 
 def configure(stream: object = None) -> None:
     """PAYMENTS_LOG_FORMAT=json|text (default: text in a terminal, JSON otherwise);
-    PAYMENTS_LOG_LEVEL for the service's own loggers (default INFO); Faust's stay at WARNING."""
+    PAYMENTS_LOG_LEVEL for the service's own loggers (default INFO); PAYMENTS_FAUST_LOG_LEVEL
+    for everything else, Faust and aiokafka included (default WARNING)."""
     out = stream or sys.stderr
     wanted = os.environ.get("PAYMENTS_LOG_FORMAT") or ("text" if out.isatty() else "json")  # type: ignore[attr-defined]
     handler = logging.StreamHandler(out)  # type: ignore[arg-type]
@@ -55,7 +56,7 @@ def configure(stream: object = None) -> None:
                          TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(os.environ.get("PAYMENTS_FAUST_LOG_LEVEL", "WARNING").upper())
     level = os.environ.get("PAYMENTS_LOG_LEVEL", "INFO").upper()
     for name in ("agents", "ledger", "psp", "infra", "cli", "app"):
         logging.getLogger(name).setLevel(level)
