@@ -23,7 +23,7 @@ chaos: $(STAMP)
 	$(VENV)/bin/pytest -q -m chaos -p no:cacheprovider tests/integration/test_faults.py
 
 bench: $(STAMP)
-	$(VENV)/bin/payments bench
+	$(VENV)/bin/payments bench --payments 3000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

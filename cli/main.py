@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from settings import Settings, SettingsError, load_settings
 
@@ -22,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     reconcile = commands.add_parser("reconcile", help="compare worker balances with the ledger")
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.add_argument("--outbox-stuck-seconds", type=float, default=60.0)
-    commands.add_parser("bench", help="the benchmark (not built yet)")
+    bench = commands.add_parser("bench", help="the benchmark: the service against the classic row-lock design")
+    bench.add_argument("--payments", type=int, default=3000, help="payments per throughput run, per workload")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes, for tests; not for figures")
+    bench.add_argument("--output", type=Path, default=None,
+                       help="JSON path (default: PAYMENTS_DATA_DIR/bench-results.json)")
     asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the models")
     asyncapi.add_argument("--check", action="store_true", help="exit 1 when the document is out of date")
     args = parser.parse_args(argv)
@@ -67,8 +72,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from cli.reconcile import run_reconcile
 
         return run_reconcile(settings, as_json=args.json, outbox_stuck_seconds=args.outbox_stuck_seconds)
-    print("payments bench: not built yet (see the performance issue)", file=sys.stderr)
-    return 3
+    from bench.main import run_bench
+
+    return run_bench(settings, payments=args.payments, quick=args.quick, output=args.output)
 
 
 def _asyncapi(*, check_only: bool) -> int:

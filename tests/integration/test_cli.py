@@ -52,11 +52,6 @@ async def test_migrate_is_safe_to_run_twice(database_url: str) -> None:
     assert second.returncode == 0 and "schema is current" in second.stdout
 
 
-def test_bench_says_it_is_not_built_yet() -> None:
-    result = payments("bench")
-    assert result.returncode == 3 and "not built yet" in result.stderr
-
-
 def processes(pattern: str) -> set[str]:
     return set(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split())
 
