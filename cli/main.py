@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     reconcile = commands.add_parser("reconcile", help="compare worker balances with the ledger")
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.add_argument("--outbox-stuck-seconds", type=float, default=60.0)
-    bench = commands.add_parser("bench", help="the benchmark: the service against the classic row-lock design")
+    bench = commands.add_parser("bench", help="the service against the classic row-lock design")
     bench.add_argument("--payments", type=int, default=3000, help="payments per throughput run, per workload")
     bench.add_argument("--quick", action="store_true", help="tiny sizes, for tests; not for figures")
     bench.add_argument("--output", type=Path, default=None,
