@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 chaos: $(STAMP)
-	$(VENV)/bin/pytest -q -m chaos -p no:cacheprovider tests/integration/test_faults.py
+	$(VENV)/bin/pytest -q -m chaos -p no:cacheprovider tests/integration
 
 bench: $(STAMP)
 	$(VENV)/bin/payments bench --payments 3000

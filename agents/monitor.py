@@ -1,8 +1,12 @@
 """What the worker watches about itself: consumer lag, holds in flight, stalled partitions.
 
-aiokafka consumers are known to stall after a coordinator change; a partition with
-lag whose committed offset does not move is logged loudly, with its offsets, so a
-stuck flow is never silent.
+A partition can stall after a rebalance: Faust drops the events queued for its streams,
+and when its seek back to the committed offset fails ("exception performing seek when
+flow not active") the consumer goes on from where it had read, so the dropped events
+are never delivered and the committed offset can never move again. A partition whose
+committed offset has not moved for STALL_SECONDS while events wait is sought back to
+its committed offset: the events are read again (repeats are harmless: every handler is
+idempotent) and the flow resumes. Each such repair is logged.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEP_TOPICS
 log = logging.getLogger(__name__)
 
 WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, *STEP_TOPICS})
-STALL_SECONDS = 60.0
+STALL_SECONDS = 30.0
 
 
 @dataclass
@@ -56,8 +60,10 @@ def install(app: faust.App, runtime: Runtime) -> None:
             stalled = progress.stalled_for(tp, committed, now) if lag else 0.0
             if stalled >= STALL_SECONDS:
                 log.error("partition %s has %d messages waiting and its offset has not moved for %.0fs "
-                          "(committed %s, read %s)", tp, lag, stalled, committed,
-                          consumer._read_offset.get(tp))  # noqa: SLF001
+                          "(committed %s, read %s): reading it again from the committed offset",
+                          tp, lag, stalled, committed, consumer._read_offset.get(tp))  # noqa: SLF001
+                await consumer.seek(tp, committed)
+                progress.seen.pop(tp, None)
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="run one Faust worker with every agent")
     commands.add_parser("migrate", help="create or upgrade the PostgreSQL schema (safe to run twice)")
     commands.add_parser("topics", help="create every topic with its partition count")
+    commands.add_parser("rebuild-read-models", help="recompute the daily balances from the postings")
     demo = commands.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--payments", type=int, default=2000, help="how many payments to send")
     demo.add_argument("--accounts", type=int, default=40)
@@ -56,6 +57,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         applied = asyncio.run(migrate(settings.database_url))
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema is current'}")
         return 0
+    if args.command == "rebuild-read-models":
+        if not settings.database_url:
+            raise SettingsError("PAYMENTS_DATABASE_URL is not set (postgresql://...)")
+        rows = asyncio.run(_rebuild_read_models(settings.database_url))
+        print(f"daily balances rebuilt from the ledger: {rows} rows")
+        return 0
     if args.command == "topics":
         from infra.topics import ensure_topics, service_topics
 
@@ -75,6 +82,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from bench.main import run_bench
 
     return run_bench(settings, payments=args.payments, quick=args.quick, output=args.output)
+
+
+async def _rebuild_read_models(database_url: str) -> int:
+    from ledger.store import LedgerStore
+
+    store = await LedgerStore.connect(database_url)
+    try:
+        return await store.rebuild_daily_balances()
+    finally:
+        await store.close()
 
 
 def _asyncapi(*, check_only: bool) -> int:

@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL: the supervisor (or operator) restarts the worker, which redelivers.
 DELIVERY_FAILED_EXIT_CODE = 75
+# Longer than any broker retry we configure: past it, the worker is stuck, not slow.
+DELIVERY_TIMEOUT_SECONDS = 120.0
 
 
 async def confirm(futures: Sequence[asyncio.Future[Any]]) -> None:
@@ -20,8 +22,8 @@ async def confirm(futures: Sequence[asyncio.Future[Any]]) -> None:
     if not futures:
         return
     try:
-        await asyncio.gather(*futures)
-    except Exception:  # noqa: BLE001 - any delivery failure is fatal for the batch
+        await asyncio.wait_for(asyncio.gather(*futures), DELIVERY_TIMEOUT_SECONDS)
+    except Exception:  # noqa: BLE001 - any delivery failure or a hang is fatal for the batch
         log.critical("a message could not be delivered; exiting so the batch is redelivered",
                      exc_info=True)
         os._exit(DELIVERY_FAILED_EXIT_CODE)

@@ -52,9 +52,12 @@ class StateTable(Generic[ModelT]):
                    for key, (partition, model) in writes.items()}
         last_of_partition = {partition: key for key, (partition, _) in encoded.items()}
         tails = set(last_of_partition.values())
-        await confirm([self._write(key, *encoded[key]) for key in encoded if key not in tails])
-        await confirm([self._write(key, *encoded[key]) for key in tails])
+        await confirm([await self._write(key, *encoded[key]) for key in encoded if key not in tails])
+        await confirm([await self._write(key, *encoded[key]) for key in tails])
 
-    def _write(self, key: bytes, partition: int, value: bytes) -> asyncio.Future[Any]:
+    async def _write(self, key: bytes, partition: int, value: bytes) -> asyncio.Future[Any]:
+        """Sent directly, not through Faust's background changelog buffer (`send_soon`):
+        a future from that buffer never resolves if its flushing task dies."""
         self.table.data[key] = value
-        return self.table.send_changelog(partition, key, value)
+        return await self.table.changelog_topic.send(
+            key=key, value=value, partition=partition, key_serializer="raw", value_serializer="raw")

@@ -67,3 +67,24 @@ def test_demo_runs_on_the_embedded_default_and_checks_itself(tmp_path: Path) -> 
     assert "worker balances match the ledger: yes" in result.stdout
     assert processes(str(tmp_path)) == set(), "the embedded PostgreSQL or a worker was left running"
     assert processes("tansu") <= brokers_before, "the embedded broker was left running"
+
+
+async def test_rebuild_read_models_recomputes_daily_balances(database_url: str) -> None:
+    from ledger.migrate import migrate
+    from ledger.store import LedgerStore
+    from ledger.testing import funding_entry, open_accounts
+
+    await migrate(database_url)
+    store = await LedgerStore.connect(database_url)
+    try:
+        await open_accounts(store, "rm-alice")
+        from ledger.store import Origin
+
+        await store.write_batch([(funding_entry("rm-alice", 700, key="rm-1"), Origin("t", 0, 1))])
+        result = payments("rebuild-read-models", env={"PAYMENTS_DATABASE_URL": database_url})
+        assert result.returncode == 0, result.stderr
+        assert "2 rows" in result.stdout  # the customer and the settlement account, one day each
+        [day] = await store.daily_balances("rm-alice")
+        assert day.closing_balance == 700
+    finally:
+        await store.close()

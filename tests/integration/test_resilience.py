@@ -11,10 +11,9 @@ from tests.conftest import Service
 from tests.integration.test_faults import open_and_fund, send_payments, settle_and_check
 
 
-@pytest.mark.xfail(strict=False, reason="BUG (open): in about one run in three a payment step is processed "
-                   "by a worker whose copy of the payments table lacks the payment after a rebalance (Faust "
-                   "memory-store recovery vs. a late write of the leaving worker); the step is dropped and "
-                   "the payment stays pending. Logged as 'a payment this worker does not know'.")
+# Known to fail intermittently: after the rebalances a partition's committed offset can
+# stop moving (see agents/monitor.py), leaving payments pending. `make chaos` runs it.
+@pytest.mark.chaos
 async def test_a_second_worker_joins_and_leaves_under_load(service: Service) -> None:
     accounts = await open_and_fund(service, "rebalance", 10)
     first_half = await send_payments(service, "rebalance-1", accounts, 200, seed=11)
