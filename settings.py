@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
+NumberT = TypeVar("NumberT", int, float)
 _BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
 
 
@@ -44,30 +47,27 @@ def _valid_bootstrap(bootstrap: str) -> bool:
     return all(1 <= int(server.rpartition(":")[2]) <= 65535 for server in bootstrap.split(","))
 
 
-def _integer(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+def _bounded(env: dict[str, str], name: str, default: NumberT, low: NumberT, high: NumberT,
+             parse: Callable[[str], NumberT]) -> NumberT:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        kind = "an integer" if parse is int else "a number"
+        raise SettingsError(f"{name}={raw!r} is not {kind}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name}={value} is outside {low}..{high}")
     return value
+
+
+def _integer(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    return _bounded(env, name, default, low, high, int)
 
 
 def _number(env: dict[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={value} is outside {low}..{high}")
-    return value
+    return _bounded(env, name, default, low, high, float)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:

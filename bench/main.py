@@ -12,15 +12,12 @@ targets are met; the table and the JSON say which are.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import os
 import platform
-import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench import WORKLOADS, account_ids, classic, report, transfers
 from bench.ledger_writer import BATCH_SIZES, measure_ledger_writer
 from bench.service import Outcomes, ServiceBench, WorkerProbe
-from infra.broker import EmbeddedBroker
 from infra.database import create_database, drop_database
 from infra.driver import ServiceDriver
-from infra.postgres import EmbeddedPostgres
+from infra.embedded import infrastructure
 from infra.topics import ensure_topics, service_topics
 from infra.worker_process import WorkerProcess
 from ledger.migrate import migrate
@@ -73,8 +69,8 @@ def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | 
     results: dict[str, Any] = {"run": _run_facts(settings, payments, quick)}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     databases: list[str] = []  # created on the server; dropped at the end when it is a configured one
-    with _infrastructure(settings, workdir) as (bootstrap, server_url), \
-            Progress(*columns, console=console) as progress:
+    embedded = infrastructure(settings, workdir, say=console.print, discard_database=True)
+    with embedded as (bootstrap, server_url), Progress(*columns, console=console) as progress:
         try:
             results["ledger_writer"] = asyncio.run(_ledger_writer(server_url, sizes, progress, databases))
             results["classic"] = asyncio.run(_classic(server_url, sizes, progress, databases, results["run"]))
@@ -103,23 +99,6 @@ def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | 
     for problem in problems:
         console.print(f"[red]invalid measurement:[/red] {problem}")
     return 1 if problems else 0
-
-
-@contextlib.contextmanager
-def _infrastructure(settings: Settings, workdir: Path) -> Iterator[tuple[str, str]]:
-    """(bootstrap, PostgreSQL server URL): the configured ones, or embedded ones stopped on every exit."""
-    with contextlib.ExitStack() as stack:
-        bootstrap, server_url = settings.kafka_bootstrap, settings.database_url
-        if not bootstrap:
-            console.print("starting the embedded Kafka-compatible broker (tansu) ...")
-            bootstrap = stack.enter_context(EmbeddedBroker(workdir)).bootstrap
-        if not server_url:
-            console.print("starting the embedded PostgreSQL ...")
-            # Removed once stopped (callbacks run last-in first-out): a full run leaves ~1 GB of
-            # tables and WAL behind otherwise. Its log, like the others, stays in workdir.
-            stack.callback(shutil.rmtree, workdir / "postgres", ignore_errors=True)
-            server_url = stack.enter_context(EmbeddedPostgres(workdir / "postgres")).url
-        yield bootstrap, server_url
 
 
 def _run_facts(settings: Settings, payments: int, quick: bool) -> dict[str, Any]:

@@ -9,20 +9,17 @@ outcomes by reason, whether the ledger balances in PostgreSQL, the throughput.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.broker import EmbeddedBroker
 from infra.driver import ServiceDriver
-from infra.postgres import EmbeddedPostgres
+from infra.embedded import infrastructure
 from infra.topics import PAYMENT_COMMANDS, ensure_topics, service_topics
 from infra.worker_process import WorkerProcess
 from infra.workload import Workload, plan
@@ -34,24 +31,10 @@ from settings import Settings
 console = Console()
 
 
-@contextlib.contextmanager
-def infrastructure(settings: Settings, workdir: Path) -> Iterator[tuple[str, str]]:
-    """The configured broker and database, or embedded ones stopped on every exit path."""
-    with contextlib.ExitStack() as stack:
-        bootstrap, database_url = settings.kafka_bootstrap, settings.database_url
-        if not bootstrap:
-            console.print("starting the embedded Kafka-compatible broker (tansu) ...")
-            bootstrap = stack.enter_context(EmbeddedBroker(workdir)).bootstrap
-        if not database_url:
-            console.print("starting the embedded PostgreSQL ...")
-            database_url = stack.enter_context(EmbeddedPostgres(workdir / "postgres")).url
-        yield bootstrap, database_url
-
-
 def run_demo(settings: Settings, *, payments: int, accounts: int, seed: int) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="demo-", dir=settings.data_dir))
-    with infrastructure(settings, workdir) as (bootstrap, database_url):
+    with infrastructure(settings, workdir, say=console.print) as (bootstrap, database_url):
         asyncio.run(_prepare(bootstrap, database_url, settings.partitions))
         worker = WorkerProcess(bootstrap, database_url, workdir, partitions=settings.partitions)
         console.print(f"starting a worker (log: {worker.log}) ...")

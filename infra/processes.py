@@ -50,9 +50,10 @@ def start_process(
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         # A new session: Ctrl-C in the terminal reaches us, not the child, so we stop it in order.
+        # Run in the log's folder: whoever started it can find its children by their cwd.
         return subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, user=user, env=env,
+            start_new_session=True, user=user, env=env, cwd=log.parent,
         )
 
 
