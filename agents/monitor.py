@@ -62,6 +62,10 @@ def install(app: faust.App, runtime: Runtime) -> None:
                 log.error("partition %s has %d messages waiting and its offset has not moved for %.0fs "
                           "(committed %s, read %s): reading it again from the committed offset",
                           tp, lag, stalled, committed, consumer._read_offset.get(tp))  # noqa: SLF001
+                # A partition whose stream buffer filled is dropped from the fetch set until
+                # the buffer drains; if that notice is lost in a rebalance it is never fetched
+                # again. Resuming an active partition changes nothing.
+                consumer.resume_partitions({tp})
                 await consumer.seek(tp, committed)
                 progress.seen.pop(tp, None)
 
