@@ -32,13 +32,19 @@ class Settings:
     def with_infrastructure(self, kafka_bootstrap: str, database_url: str) -> Settings:
         return replace(self, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
 
-    def require_infrastructure(self) -> tuple[str, str]:
-        """What `worker` needs: embedded defaults exist only for `demo`."""
+    def require_broker(self) -> str:
         if not self.kafka_bootstrap:
             raise SettingsError("PAYMENTS_KAFKA_BOOTSTRAP is not set (host:port[,host:port])")
+        return self.kafka_bootstrap
+
+    def require_database(self) -> str:
         if not self.database_url:
             raise SettingsError("PAYMENTS_DATABASE_URL is not set (postgresql://...)")
-        return self.kafka_bootstrap, self.database_url
+        return self.database_url
+
+    def require_infrastructure(self) -> tuple[str, str]:
+        """What `worker` needs: embedded defaults exist only for `demo`."""
+        return self.require_broker(), self.require_database()
 
 
 def _valid_bootstrap(bootstrap: str) -> bool:

@@ -52,23 +52,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         from ledger.migrate import migrate
 
-        if not settings.database_url:
-            raise SettingsError("PAYMENTS_DATABASE_URL is not set (postgresql://...)")
-        applied = asyncio.run(migrate(settings.database_url))
+        applied = asyncio.run(migrate(settings.require_database()))
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema is current'}")
         return 0
     if args.command == "rebuild-read-models":
-        if not settings.database_url:
-            raise SettingsError("PAYMENTS_DATABASE_URL is not set (postgresql://...)")
-        rows = asyncio.run(_rebuild_read_models(settings.database_url))
+        rows = asyncio.run(_rebuild_read_models(settings.require_database()))
         print(f"daily balances rebuilt from the ledger: {rows} rows")
         return 0
     if args.command == "topics":
         from infra.topics import ensure_topics, service_topics
 
-        if not settings.kafka_bootstrap:
-            raise SettingsError("PAYMENTS_KAFKA_BOOTSTRAP is not set (host:port[,host:port])")
-        asyncio.run(ensure_topics(settings.kafka_bootstrap, service_topics(settings.partitions)))
+        asyncio.run(ensure_topics(settings.require_broker(), service_topics(settings.partitions)))
         print(f"topics ready with {settings.partitions} partitions")
         return 0
     if args.command == "demo":

@@ -68,34 +68,29 @@ class Refusal:
     detail: str
 
 
-def check_creditor(creditor: AccountState | None, account_id: str, currency: str) -> Refusal | None:
-    if creditor is None:
-        return Refusal(FailureReason.UNKNOWN_ACCOUNT, f"creditor account {account_id} does not exist")
-    if creditor.status != "active":
-        return Refusal(FailureReason.ACCOUNT_NOT_ACTIVE, f"creditor {account_id} is {creditor.status}")
-    if creditor.currency != currency:
-        return Refusal(
-            FailureReason.CURRENCY_MISMATCH,
-            f"creditor account {account_id} holds {creditor.currency}, payment is in {currency}",
-        )
+def _check_account(account: AccountState | None, label: str, currency: str, *, kyc: bool
+                   ) -> Refusal | None:
+    if account is None:
+        return Refusal(FailureReason.UNKNOWN_ACCOUNT, f"{label} does not exist")
+    if account.status != "active":
+        return Refusal(FailureReason.ACCOUNT_NOT_ACTIVE, f"{label} is {account.status}")
+    if kyc and account.kyc_status == "blocked":
+        return Refusal(FailureReason.KYC_BLOCKED, f"{label} is blocked by KYC")
+    if kyc and account.kyc_status != "verified":
+        return Refusal(FailureReason.KYC_BLOCKED, f"{label} KYC is {account.kyc_status}")
+    if account.currency != currency:
+        return Refusal(FailureReason.CURRENCY_MISMATCH,
+                       f"{label} holds {account.currency}, payment is in {currency}")
     return None
+
+
+def check_creditor(creditor: AccountState | None, account_id: str, currency: str) -> Refusal | None:
+    """Only the payer's KYC matters: receiving money is not what KYC blocks here."""
+    return _check_account(creditor, f"creditor account {account_id}", currency, kyc=False)
 
 
 def check_payer(payer: AccountState | None, account_id: str, currency: str) -> Refusal | None:
-    if payer is None:
-        return Refusal(FailureReason.UNKNOWN_ACCOUNT, f"account {account_id} does not exist")
-    if payer.status != "active":
-        return Refusal(FailureReason.ACCOUNT_NOT_ACTIVE, f"account {account_id} is {payer.status}")
-    if payer.kyc_status == "blocked":
-        return Refusal(FailureReason.KYC_BLOCKED, f"account {account_id} is blocked by KYC")
-    if payer.kyc_status != "verified":
-        return Refusal(FailureReason.KYC_BLOCKED, f"account {account_id} KYC is {payer.kyc_status}")
-    if payer.currency != currency:
-        return Refusal(
-            FailureReason.CURRENCY_MISMATCH,
-            f"account {account_id} holds {payer.currency}, payment is in {currency}",
-        )
-    return None
+    return _check_account(payer, f"account {account_id}", currency, kyc=True)
 
 
 def decide_reservation(payer: AccountState | None, step: ReserveFunds, *, refund: bool = False
