@@ -1,10 +1,12 @@
 """The HTTP surface on Faust's web server: metrics, health, payments and accounts.
 
-Reads of table state are routed to the worker that owns the key (`table_route`).
+Reads of table state are routed to the worker that owns the key (`table_route`); so is
+POST /v1/payments (`routing_http`), whose answer depends on the payments table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,6 +15,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from agents.routing_http import KeyedLocks, OwnerUnknown, forward, owner_of, unavailable
 from agents.runtime import Runtime
 from infra.topics import PAYMENT_COMMANDS
 from models.codec import dumps, field_errors, loads
@@ -20,6 +23,10 @@ from models.commands import RequestPayment
 from models.payment import PaymentRecord, payment_id_for
 
 STATEMENT_PAGE_MAX = 500
+# How long the first POST of a payment waits for the payments agent to record it (its
+# command goes through the intake agent first), so that a repeat sees the record.
+RECORD_WAIT_SECONDS = 5.0
+RECORD_POLL_SECONDS = 0.01
 
 
 def payment_view(record: PaymentRecord) -> dict[str, Any]:
@@ -48,9 +55,66 @@ def ready(app: faust.App) -> bool:
     return bool(app.consumer.assignment()) and not app.rebalancing and not app.in_recovery
 
 
+def read_payment_request(raw: bytes, key: str | None) -> RequestPayment | dict[str, Any]:
+    """The command, or the 422 answer saying what is wrong with the body."""
+    try:
+        body = loads(raw)
+    except ValueError as error:
+        return {"error": f"body is not JSON: {error}"}
+    if not isinstance(body, dict):
+        return {"error": "body must be a JSON object"}
+    try:
+        return RequestPayment.model_validate({**body, "idempotency_key": key})
+    except ValidationError as error:
+        return {"errors": [{"field": e.field, "message": e.message} for e in field_errors(error)]}
+
+
+def known_payment_answer(record: PaymentRecord, command: RequestPayment, status: int
+                         ) -> tuple[int, dict[str, Any]]:
+    """`status` when the record was made by this body, 409 when by another one."""
+    if record.fingerprint != command.fingerprint():
+        return 409, {"error": "idempotency key reused with a different body", "payment_id": record.payment_id}
+    return status, {"payment_id": record.payment_id, "status": record.status}
+
+
+async def await_record(runtime: Runtime, payment_id: str) -> PaymentRecord | None:
+    """The payment's record once the payments agent has written it, or None after
+    RECORD_WAIT_SECONDS. Polled: the table has no change notification, and a look in
+    its in-memory dict is cheap next to the command's trip through two topics."""
+    deadline = asyncio.get_running_loop().time() + RECORD_WAIT_SECONDS
+    while (record := runtime.payments.get(payment_id)) is None:
+        if asyncio.get_running_loop().time() >= deadline:
+            return None
+        await asyncio.sleep(RECORD_POLL_SECONDS)
+    return record
+
+
+async def decide_on_owner(runtime: Runtime, in_flight: KeyedLocks, command: RequestPayment,
+                          payment_id: str) -> tuple[int, dict[str, Any]]:
+    """On the worker owning the payment's partition, so its table is the one that counts.
+
+    POSTs of one payment go one at a time, and the first waits for the record it caused:
+    a repeat right behind it then finds the record and gets 200 or 409, not a second 202."""
+    async with in_flight.hold(payment_id):
+        known = runtime.payments.get(payment_id)
+        if known is not None:
+            return known_payment_answer(known, command, 200)
+        topic = runtime.outlet.topic(PAYMENT_COMMANDS)
+        await (await topic.send(key=command.idempotency_key.encode(), value=dumps(command)))
+        record = await await_record(runtime, payment_id)
+        if record is None:
+            # Accepted all the same: the command is durably on the topic and will be
+            # processed (slowly: a backlog, or the partition moved to another worker). A
+            # repeat meanwhile publishes it again, which the payments agent recognises.
+            return 202, {"payment_id": payment_id, "status": "pending"}
+        # Another body may have got there first, sent straight to the command topic.
+        return known_payment_answer(record, command, 202)
+
+
 def install(app: faust.App, runtime: Runtime) -> None:
     payments_table = runtime.payments.table
     accounts_table = runtime.accounts.table
+    in_flight = KeyedLocks()
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Request) -> Response:
@@ -100,25 +164,16 @@ def install(app: faust.App, runtime: Runtime) -> None:
     @app.page("/v1/payments")
     class Payments(View):
         async def post(self, request: Request) -> Response:
-            key = request.headers.get("Idempotency-Key")
-            try:
-                body = loads(await request.read())
-            except ValueError as error:
-                return self.json({"error": f"body is not JSON: {error}"}, status=422)
-            if not isinstance(body, dict):
-                return self.json({"error": "body must be a JSON object"}, status=422)
-            try:
-                command = RequestPayment.model_validate({**body, "idempotency_key": key})
-            except ValidationError as error:
-                errors = [{"field": e.field, "message": e.message} for e in field_errors(error)]
-                return self.json({"errors": errors}, status=422)
+            raw = await request.read()
+            command = read_payment_request(raw, request.headers.get("Idempotency-Key"))
+            if not isinstance(command, RequestPayment):
+                return self.json(command, status=422)
             payment_id = payment_id_for(command.idempotency_key)
-            known = runtime.payments.get(payment_id)
-            if known is not None:
-                if known.fingerprint != command.fingerprint():
-                    return self.json({"error": "idempotency key reused with a different body",
-                                      "payment_id": payment_id}, status=409)
-                return self.json({"payment_id": payment_id, "status": known.status}, status=200)
-            topic = runtime.outlet.topic(PAYMENT_COMMANDS)
-            await (await topic.send(key=command.idempotency_key.encode(), value=dumps(command)))
-            return self.json({"payment_id": payment_id, "status": "pending"}, status=202)
+            try:
+                owner = owner_of(app, payments_table, payment_id)
+            except OwnerUnknown as error:
+                return unavailable(self, str(error))
+            if owner is not None:
+                return await forward(self, request, raw, owner)
+            status, answer = await decide_on_owner(runtime, in_flight, command, payment_id)
+            return self.json(answer, status=status)

@@ -7,7 +7,6 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.payment import payment_id_for
@@ -237,12 +236,6 @@ async def test_metrics_parse_and_count_outcomes(service: Service) -> None:
     assert {s.labels["outcome"] for s in outcomes} >= {"captured"}
 
 
-
-
-@pytest.mark.xfail(strict=True, reason="BUG: POST /v1/payments decides 200/409 from the local payments "
-                   "table, which is written only after the command went round the command topic and the "
-                   "payment agent: a repeat sent before that gets 202 (should be 200) and another body 202 "
-                   "(should be 409)")
 async def test_a_repeat_posted_right_away_gets_200_and_another_body_409(service: Service) -> None:
     await open_accounts(service, "http-quick-a", "http-quick-b")
     await fund(service, "http-fund-quick", "http-quick-a", 10_000)
@@ -255,6 +248,18 @@ async def test_a_repeat_posted_right_away_gets_200_and_another_body_409(service:
     assert (again[0], other[0]) == (200, 409), (again, other)
 
 
+async def test_the_same_payment_posted_concurrently_is_accepted_once(service: Service) -> None:
+    await open_accounts(service, "http-race-a", "http-race-b")
+    await fund(service, "http-fund-race", "http-race-a", 10_000)
+    key = "http-race-1"
+    answers = await asyncio.gather(*(post_payment(service, key, body("http-race-a", "http-race-b", 100))
+                                     for _ in range(4)))
+    assert sorted(status for status, _ in answers) == [200, 200, 200, 202], answers
+    await outcome(service.driver, payment_id_for(key))
+    await quiet()
+    assert len(service.driver.outcomes()[payment_id_for(key)]) == 1
+
+
 async def test_statement_of_a_settlement_account_beyond_64_bits(service: Service) -> None:
     biggest = 2**63 - 1
     await open_accounts(service, "http-big-1", "http-big-2", currency="CHF")
@@ -264,9 +269,7 @@ async def test_statement_of_a_settlement_account_beyond_64_bits(service: Service
     assert status == 200, page
     assert [e["balance_after"] for e in page["entries"]] == [-biggest, -2 * biggest]
 
-@pytest.mark.xfail(strict=True, reason="BUG: with two workers, POST /v1/payments on the worker that does "
-                   "not own the payment's partition answers 202 'pending' for a captured payment and 202 "
-                   "instead of 409 for another body: POST is not routed to the owner (GET is, table_route)")
+
 async def test_with_two_workers_either_worker_answers_for_any_payment(service: Service) -> None:
     """Last in this module: it adds a second worker to the module's service."""
     driver = service.driver
