@@ -1,4 +1,4 @@
-"""The `payments` console script: worker, migrate, topics, demo, reconcile, bench."""
+"""The `payments` console script: worker, migrate, topics, demo, reconcile, bench, chaos."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="tiny sizes, for tests; not for figures")
     bench.add_argument("--output", type=Path, default=None,
                        help="JSON path (default: PAYMENTS_DATA_DIR/bench-results.json)")
+    chaos = commands.add_parser("chaos", help="the fault campaign: scenarios x seeds, Jepsen-style counts")
+    chaos.add_argument("--scenarios", default=None, help="comma-separated (default: all)")
+    chaos.add_argument("--seeds", type=_positive, default=20, help="seeds per scenario")
+    chaos.add_argument("--first-seed", type=int, default=1)
+    chaos.add_argument("--payments", type=_positive, default=100, help="payments per scenario x seed")
+    chaos.add_argument("--recovery-timeout", type=float, default=60.0,
+                       help="seconds after the load and the last fault before an unanswered command is lost")
+    chaos.add_argument("--json", type=Path, default=None, help="write every seed's counts to this file")
+    chaos.add_argument("--regressions", type=Path, default=None,
+                       help="regression seed file (default: tests/chaos_regressions.json)")
+    chaos.add_argument("--replay", action="store_true", help="run the seeds in the regression file")
+    chaos.add_argument("--no-record", action="store_true", help="do not add failing seeds to the file")
     asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the models")
     asyncapi.add_argument("--check", action="store_true", help="exit 1 when the document is out of date")
     args = parser.parse_args(argv)
@@ -73,9 +85,33 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from cli.reconcile import run_reconcile
 
         return run_reconcile(settings, as_json=args.json, outbox_stuck_seconds=args.outbox_stuck_seconds)
+    if args.command == "chaos":
+        return _chaos(args, settings)
     from bench.main import run_bench
 
     return run_bench(settings, payments=args.payments, quick=args.quick, output=args.output)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.chaos import REGRESSIONS_PATH, run_chaos
+    from infra.campaign import Sizes
+
+    regressions = None if args.no_record and not args.replay else (args.regressions or REGRESSIONS_PATH)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
+    sizes = Sizes(payments=args.payments, recovery_timeout_seconds=args.recovery_timeout)
+    try:
+        return run_chaos(settings, scenarios=scenarios, seeds=args.seeds, first_seed=args.first_seed,
+                         sizes=sizes, json_path=args.json, regressions=regressions, replay=args.replay)
+    except ValueError as error:
+        print(f"payments chaos: {error}", file=sys.stderr)
+        return 2
 
 
 async def _rebuild_read_models(database_url: str) -> int:
