@@ -44,6 +44,8 @@ async def run_seed(env: Environment, scenario: str, seed: int, sizes: Sizes, set
     if run.faults and result.tally.last_answer_at is not None:
         result.recovery_seconds = round(max(0.0, result.tally.last_answer_at - run.faults[0][0]), 1)
     result.elapsed_seconds = time.monotonic() - started
+    if not result.passed:
+        result.notes.append(f"logs of the workers and the broker: {env.workdir}")
     return result
 
 
