@@ -17,8 +17,9 @@ POINTS = frozenset({
     "accounts.after_record",   # state written, batch not acked
     "payments.after_send",
     "payments.after_record",
-    "psp.after_capture",       # the PSP captured, nothing sent yet
-    "psp.after_send",
+    "psp.after_capture",       # a background call has the PSP's answer, nothing sent yet
+    "psp.after_send",          # outcomes' outputs acknowledged, table state not written
+    "psp.after_record",        # in-flight and decided states written, calls not started
     "ledger.after_commit",     # postings committed in PostgreSQL, follow-ups not sent
     "ledger.after_send",
     "relay.after_publish",     # outbox rows published, not yet marked

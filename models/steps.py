@@ -169,6 +169,23 @@ class AuthorizePayment(Step):
     payment: RequestPayment
 
 
+class PspAnswered(Step):
+    """How a provider call ended: its answer, or the retry budget spent (`gave_up`).
+
+    Sent by the call (a background task of the worker that started it) to the PSP-steps
+    topic, so that the partition's owner, its single writer, records the outcome. Its
+    origin is the position on the PSP-steps topic of the request that started the call."""
+
+    kind: Literal["PspAnswered"] = "PspAnswered"
+    payment_id: str
+    result: Literal["approved", "declined", "gave_up"]
+    psp_reference: str | None = None
+    detail: str | None = None
+
+
+PspStep = Annotated[AuthorizePayment | PspAnswered, Field(discriminator="kind")]
+
+
 # --- to the ledger writer (key: payment_id or funding key) -------------------------------
 
 

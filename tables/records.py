@@ -1,18 +1,10 @@
-"""Records that only a table holds (the account and payment state live in models/)."""
+"""Records that only a table holds (the account and payment state live in models/).
+
+The PSP step's record lives with its decisions in models/psp_flow.py (they read and
+write it); it is named here too, next to the tables' other records."""
 
 from __future__ import annotations
 
-from typing import Literal
+from models.psp_flow import PspOutcomeRecord
 
-from pydantic import BaseModel, ConfigDict
-
-
-class PspOutcomeRecord(BaseModel):
-    """What the PSP step concluded for a payment, kept so a redelivery does not call twice."""
-
-    model_config = ConfigDict(frozen=True)
-
-    payment_id: str
-    result: Literal["approved", "declined", "gave_up"]
-    psp_reference: str | None = None
-    detail: str | None = None
+__all__ = ["PspOutcomeRecord"]

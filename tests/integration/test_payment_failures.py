@@ -266,9 +266,6 @@ async def test_psp_timeout_ends_unavailable_within_30_seconds(service: Service, 
                                 creditor="pf-timeout-creditor", amount=3_000, debtor_posted=5_000)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: head-of-line blocking in the PSP agent: one payment whose "
-                   "PSP never answers stalls every payment behind it (all partitions) for the whole "
-                   "retry budget (~13 s measured instead of well under a second)")
 async def test_a_silent_psp_does_not_hold_up_other_payments(silent_psp: SilentPsp) -> None:
     assert silent_psp.ordinary_outcome is not None
     assert silent_psp.ordinary_outcome["event_type"] == "PaymentCaptured"
