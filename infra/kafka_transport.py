@@ -25,6 +25,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
@@ -79,15 +80,25 @@ class Consumer(faust_aiokafka.Consumer):
             yield tp, message
 
     async def _expected_offset(self, tp: TP) -> int | None:
-        """After an assignment or a seek: the committed offset, else the partition's start."""
+        """After an assignment or a seek: the committed offset, else the partition's start.
+
+        Records can arrive before Faust has read the committed offsets back after an
+        assignment, so the group's committed offset is asked of the broker then."""
         if tp not in self._expected:
             committed = self._committed_offset.get(tp)
+            if committed is None:
+                committed = await self._group_committed(tp)
             if committed is None:
                 committed = (await self.earliest_offsets(tp)).get(tp)
             if committed is None:
                 return None
             self._expected[tp] = committed
         return self._expected[tp]
+
+    async def _group_committed(self, tp: TP) -> int | None:
+        thread = self._thread
+        return await thread.call_thread(  # type: ignore[no-any-return]
+            thread._ensure_consumer().committed, TopicPartition(tp.topic, tp.partition))
 
     async def _seek_back(self, tp: TP, expected: int | None, offset: int) -> bool:
         """Seek back to the expected offset. True when the jump is real and the record
@@ -96,7 +107,9 @@ class Consumer(faust_aiokafka.Consumer):
         assert expected is not None
         sought = self._jumps.get(tp)
         if sought is None or sought[0] != expected:
-            log.warning("%s jumped from offset %d to %d: seeking back", tp, expected, offset)
+            # Routine after a rebalance (records fetched before Faust's seek back to the
+            # committed offsets arrive after it), hence info, not a warning.
+            log.info("%s jumped from offset %d to %d: seeking back", tp, expected, offset)
             self._jumps[tp] = (expected, self._fetches)
             await super().seek(tp, expected)
             return False
