@@ -91,16 +91,22 @@ async def test_kill_9_under_load_then_restart(service: Service) -> None:
     print(f"recovered in {time.monotonic() - started:.1f}s")
 
 
-async def send_everything(service: Service, prefix: str, accounts: int, payments: int, seed: int
-                          ) -> set[str]:
+async def send_everything(service: Service, prefix: str, accounts: int, payments: int, seed: int,
+                          *, funded_first: bool = False) -> set[str]:
     """Accounts, fundings and payments at once, without waiting in between: whatever
-    state the crash catches the flow in, every payment still needs its one outcome."""
+    state the crash catches the flow in, every payment still needs its one outcome.
+    With `funded_first`, the payments wait for the fundings (payments racing their
+    funding mostly fail for insufficient funds and never reach the PSP)."""
     driver = service.driver
     ids = [f"{prefix}-{n}" for n in range(accounts)]
+    funded = len(driver.of("AccountFunded"))
     for account_id in ids:
         await driver.open_account(account_id, overdraft_limit=100)
     for account_id in ids:
         await driver.fund(f"{account_id}-funding", account_id, FUNDING)
+    if funded_first:
+        await driver.wait_for(lambda: len(driver.of("AccountFunded")) >= funded + accounts,
+                              timeout_seconds=120, what="the fundings")
     return await send_payments(service, prefix, ids, payments, seed)
 
 
@@ -120,7 +126,8 @@ async def test_a_worker_dying_at_a_crash_point_loses_and_doubles_nothing(
         crashing = service.workers[-1]
     prefix = "crash-" + point.replace(".", "-").replace("_", "-")
     fundings = len(service.driver.of("AccountFunded"))
-    payment_ids = await send_everything(service, prefix, 6, 60, seed=len(point))
+    payment_ids = await send_everything(service, prefix, 6, 60, seed=len(point),
+                                        funded_first=point.startswith("psp."))
     deadline = time.monotonic() + 60
     while crashing.process is not None and crashing.process.poll() is None and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
