@@ -13,6 +13,7 @@ from agents.shell import Outlet, Quarantine, crash_instead_of_ack
 from infra.metrics import Metrics
 from ledger.store import LedgerStore
 from models.account import AccountState
+from models.intake import KeyUse
 from models.payment import PaymentRecord
 from psp import PaymentServiceProvider, RetryPolicy
 from settings import Settings
@@ -33,6 +34,7 @@ class Runtime:
     payments: StateTable[PaymentRecord] = field(init=False)
     accounts: StateTable[AccountState] = field(init=False)
     psp_outcomes: StateTable[PspOutcomeRecord] = field(init=False)
+    idempotency_keys: StateTable[KeyUse] = field(init=False)
     _store: LedgerStore | None = None
     _store_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sources: dict[str, faust.TopicT] = field(default_factory=dict)
@@ -44,6 +46,7 @@ class Runtime:
         self.payments = StateTable(self.app, "payments", PaymentRecord, partitions)
         self.accounts = StateTable(self.app, "accounts", AccountState, partitions)
         self.psp_outcomes = StateTable(self.app, "psp_outcomes", PspOutcomeRecord, partitions)
+        self.idempotency_keys = StateTable(self.app, "idempotency_keys", KeyUse, partitions)
 
     def agent(self, topic: str, name: str, body: Callable[[faust.StreamT], Awaitable[None]]) -> None:
         """Install a money-moving agent: one actor per worker (concurrency 1), so offsets

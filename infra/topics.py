@@ -24,8 +24,11 @@ PSP_STEPS = "payments.steps.psp"
 LEDGER_STEPS = "payments.steps.ledger"
 STEP_TOPICS = (PAYMENT_STEPS, ACCOUNT_STEPS, PSP_STEPS, LEDGER_STEPS)
 
-# Tables and the step topic each is partitioned by (its changelog has the same count).
-TABLE_SOURCES = {"payments": PAYMENT_STEPS, "accounts": ACCOUNT_STEPS, "psp_outcomes": PSP_STEPS}
+# Tables and the topic each is partitioned by (its changelog has the same count).
+TABLE_SOURCES = {
+    "payments": PAYMENT_STEPS, "accounts": ACCOUNT_STEPS, "psp_outcomes": PSP_STEPS,
+    "idempotency_keys": PAYMENT_COMMANDS,
+}
 
 
 def changelog_topic(table: str) -> str:

@@ -254,3 +254,103 @@ async def test_refunds_racing_for_the_same_money_never_exceed_the_payment(servic
     view = await payment_status(service, payment_id, "partially_refunded")
     assert view["refunded"] == 900
     await account_settles(service, creditor, 100)
+
+
+# --- idempotency keys across payments ---------------------------------------------------------
+
+
+async def conflict_of(service: Service, key: str) -> dict[str, Any]:
+    """The one CommandRejected answering a reuse of `key`."""
+    driver = service.driver
+    await driver.wait_for(lambda: bool(events_about(driver, "CommandRejected", idempotency_key=key)),
+                          timeout_seconds=20, what=f"the conflict on {key}")
+    await quiet()
+    [rejected] = events_about(driver, "CommandRejected", idempotency_key=key)
+    assert rejected["reason"] == "idempotency_conflict", rejected
+    [message] = [r for r in driver.events["fintech.events.CommandRejected"]
+                 if r.body["event_id"] == rejected["event_id"]]
+    assert message.key == key.encode()
+    return rejected
+
+
+async def test_a_refund_key_reused_for_another_payment_is_a_conflict(service: Service) -> None:
+    driver = service.driver
+    first_id, first_debtor, first_creditor = await captured_payment(service, "reuse-a", 2_000)
+    other_id, other_debtor, other_creditor = await captured_payment(service, "reuse-b", 3_000)
+    await driver.refund("rf-reuse-r1", first_id, 500)
+    refunded = await refund_outcome(service, first_id, "rf-reuse-r1")
+    assert refunded["event_type"] == "PaymentRefunded", refunded
+
+    await driver.refund("rf-reuse-r1", other_id, 500)  # the same key, another payment
+    rejected = await conflict_of(service, "rf-reuse-r1")
+    assert rejected["command_type"] == "RefundPayment"
+    assert "RefundPayment" in rejected["detail"] and first_id in rejected["detail"], rejected
+
+    # The first refund is untouched, the second payment not refunded, in the ledger too.
+    assert events_about(driver, "PaymentRefunded", idempotency_key="rf-reuse-r1") == [refunded]
+    assert events_about(driver, "RefundFailed", idempotency_key="rf-reuse-r1") == []
+    assert await postings_of(service, first_id) == [(first_debtor, -2_000), (first_creditor, 2_000),
+                                                    (first_creditor, -500), (first_debtor, 500)]
+    assert await postings_of(service, other_id) == [(other_debtor, -3_000), (other_creditor, 3_000)]
+    assert await unbalanced(service) == []
+    await account_settles(service, other_creditor, 3_000)
+    await account_settles(service, other_debtor, 7_000)
+    assert (await payment_status(service, first_id, "partially_refunded"))["refunded"] == 500
+    other = await payment_status(service, other_id, "captured")
+    assert other["refunded"] == 0 and "refund_requested" not in [h["step"] for h in other["history"]]
+
+
+async def test_a_payment_key_reused_by_a_refund_is_a_conflict_and_the_reverse(service: Service) -> None:
+    driver = service.driver
+    payment_id, debtor, creditor = await captured_payment(service, "paykey", 1_000)
+    await driver.refund("rf-paykey-pay", payment_id, 100)  # the payment's own key
+    rejected = await conflict_of(service, "rf-paykey-pay")
+    assert rejected["command_type"] == "RefundPayment"
+    assert "RequestPayment" in rejected["detail"] and payment_id in rejected["detail"], rejected
+    assert events_about(driver, "PaymentRefunded", payment_id=payment_id) == []
+    assert events_about(driver, "RefundFailed", payment_id=payment_id) == []
+    assert len(driver.outcomes()[payment_id]) == 1
+
+    # A refund key first, then a RequestPayment with it: no payment exists because of it.
+    await driver.refund("rf-paykey-r1", payment_id, 300)
+    refunded = await refund_outcome(service, payment_id, "rf-paykey-r1")
+    assert refunded["event_type"] == "PaymentRefunded", refunded
+    await driver.pay("rf-paykey-r1", debtor, creditor, 50)
+    rejected = await conflict_of(service, "rf-paykey-r1")
+    assert rejected["command_type"] == "RequestPayment"
+    assert "RefundPayment" in rejected["detail"] and payment_id in rejected["detail"], rejected
+    reused_id = payment_id_for("rf-paykey-r1")
+    assert events_about(driver, "PaymentInitiated", payment_id=reused_id) == []
+    assert reused_id not in driver.outcomes()
+    status, _ = await payment_view(service, reused_id)
+    assert status == 404
+    assert await postings_of(service, reused_id) == []
+    assert await postings_of(service, payment_id) == [(debtor, -1_000), (creditor, 1_000),
+                                                      (creditor, -300), (debtor, 300)]
+    assert await unbalanced(service) == []
+    await account_settles(service, debtor, 9_300)
+
+
+async def test_an_identical_refund_sent_again_is_answered_with_the_same_event(service: Service) -> None:
+    driver = service.driver
+    payment_id, debtor, creditor = await captured_payment(service, "again", 1_000)
+    await driver.refund("rf-again-r1", payment_id)  # the rest, by default
+    await driver.refund("rf-again-r1", payment_id)  # right behind it, before any outcome
+    refunded = await refund_outcome(service, payment_id, "rf-again-r1")
+    assert refunded["event_type"] == "PaymentRefunded" and refunded["amount"] == 1_000, refunded
+    await driver.refund("rf-again-r1", payment_id)  # once the outcome is known
+    messages = await raw_messages(
+        service.bootstrap, "fintech.events.PaymentRefunded",
+        lambda m: orjson.loads(m.value)["idempotency_key"] == "rf-again-r1", at_least=2)
+    assert len(messages) >= 2
+    assert {header(m, "ce_id") for m in messages} == {refunded["event_id"].encode()}
+    assert {orjson.loads(m.value)["transaction_id"] for m in messages} == {refunded["transaction_id"]}
+
+    await quiet()
+    assert events_about(driver, "CommandRejected", idempotency_key="rf-again-r1") == []
+    assert events_about(driver, "RefundFailed", idempotency_key="rf-again-r1") == []
+    assert await postings_of(service, payment_id) == [(debtor, -1_000), (creditor, 1_000),
+                                                      (creditor, -1_000), (debtor, 1_000)]
+    view = await payment_status(service, payment_id, "refunded")
+    assert view["refunded"] == 1_000
+    assert [h["step"] for h in view["history"]].count("refund_requested") == 1
