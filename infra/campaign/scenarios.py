@@ -15,6 +15,7 @@ from infra.campaign.accounting import Operation, unanswered
 from infra.campaign.seed_run import SeedRun
 from infra.campaign.traffic import interleave, poison_messages, psp_payment
 from infra.crash import CRASH_EXIT_CODE, POINTS
+from infra.processes import ComponentFailed
 from infra.topics import PAYMENT_COMMANDS
 from infra.worker_process import WorkerProcess
 from infra.workload import PlannedPayment
@@ -58,20 +59,38 @@ async def crash_point(run: SeedRun) -> None:
         await run.open_accounts(accounts)
     for worker in list(run.env.workers):
         await run.env.remove_worker(worker)
-    crashing = await run.env.add_worker(PAYMENTS_CRASH_AT=f"{point}:{nth}")
-    if armed_from == "accounts":
+    crashing = await _start_armed(run, point, nth)
+    if armed_from == "accounts" and crashing is not None:
         await run.open_accounts(accounts, wait=False)
         if await _crashed_or_answered(run, crashing, 60.0, point, nth):
             await run.env.add_worker()
             await run.wait_answered("the accounts opened and funded", 60.0)
+    elif armed_from == "accounts":
+        await run.open_accounts(accounts)
     await run.send_payments(payments, spread_seconds=run.rng.uniform(0.0, 2.0))
-    if crashing in run.env.workers:
+    if crashing is not None and crashing in run.env.workers:
         if await _crashed_or_answered(run, crashing, 60.0, point, nth):
             await run.env.add_worker()
         else:
             run.notes.append(f"{point}:{nth} was never reached")
             await run.env.remove_worker(crashing)
             await run.env.add_worker()
+
+
+async def _start_armed(run: SeedRun, point: str, nth: int) -> WorkerProcess | None:
+    """The armed worker; None when it reached its point while starting (replaying what
+    the previous seed's worker had not committed): that is the crash, and a plain worker
+    replaces it."""
+    try:
+        return await run.env.add_worker(PAYMENTS_CRASH_AT=f"{point}:{nth}")
+    except ComponentFailed:
+        armed = run.env.workers[-1]
+        if armed.process is None or armed.process.poll() != CRASH_EXIT_CODE:
+            raise
+    run.fault(f"worker exited at {point}:{nth} while starting")
+    await run.env.remove_worker(armed)
+    await run.env.add_worker()
+    return None
 
 
 async def _crashed_or_answered(run: SeedRun, crashing: WorkerProcess, timeout_seconds: float, point: str,
