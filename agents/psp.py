@@ -154,7 +154,7 @@ class Calls:
     def rescan(self, held: set[int]) -> None:
         """Find the in-flight payments of the partitions held, from the table itself."""
         in_flight: dict[str, int] = {}
-        for raw in list(self.runtime.psp_outcomes.table.data.values()):
+        for raw in self.runtime.psp_outcomes.raw_values():
             if IN_FLIGHT_MARK not in raw:
                 continue
             record = PspOutcomeRecord.model_validate_json(raw)

@@ -37,6 +37,10 @@ class StateTable(Generic[ModelT]):
         """The state as a batch in progress sees it: its own unrecorded changes first."""
         return changed[key][1] if key in changed else self.get(key)
 
+    def raw_values(self) -> list[bytes]:
+        """The stored JSON of every value, for scans that can skip most without parsing."""
+        return list(self.table.data.values())
+
     def items(self) -> list[tuple[str, ModelT]]:
         return [(k.decode(), self.model.model_validate_json(v)) for k, v in self.table.data.items()]
 

@@ -145,9 +145,8 @@ def test_the_psp_topic_carries_requests_and_answers() -> None:
 class FakeTable:
     data: dict[bytes, bytes] = field(default_factory=dict)
 
-    @property
-    def table(self) -> FakeTable:
-        return self
+    def raw_values(self) -> list[bytes]:
+        return list(self.data.values())
 
     def put(self, record: PspOutcomeRecord) -> None:
         self.data[record.payment_id.encode()] = record.model_dump_json().encode()
