@@ -62,8 +62,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 def _install_outbox_relay(app: faust.App, runtime: Runtime) -> None:
     async def publish(rows: Sequence[OutboxRow]) -> None:
         futures = [
-            await runtime.outlet.topic(row.topic).send(
-                key=row.key.encode(), value=row.value, headers=list(row.headers))
+            await runtime.outlet.produce(row.topic, row.key.encode(), row.value, list(row.headers))
             for row in rows
         ]
         await confirm(futures)
