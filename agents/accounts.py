@@ -8,7 +8,7 @@ from functools import partial
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import batches, origin_of
+from agents.shell import Delivery, batches, deliveries
 from infra.crash import crash_point
 from infra.topics import ACCOUNT_STEPS
 from ledger.accounts import AccountRow
@@ -28,25 +28,25 @@ def account_row(state: AccountState) -> AccountRow:
 def install(app: faust.App, runtime: Runtime) -> None:
     metrics = runtime.metrics
 
-    async def handle(changed: dict[str, tuple[int, AccountState]], event: faust.EventT) -> list[Output]:
-        step = ACCOUNT_STEP.validate_json(event.message.value)
-        account_id = event.message.key.decode()
+    async def handle(changed: dict[str, tuple[int, AccountState]], delivery: Delivery) -> list[Output]:
+        step = delivery.step(ACCOUNT_STEP)
+        account_id = delivery.key
         current = runtime.accounts.latest(account_id, changed)
-        new_state, outputs = react(current, step, origin_of(event))
+        new_state, outputs = react(current, step, delivery.origin)
         if isinstance(step, OpenAccountOp) and current is None and new_state is not None:
             # The ledger of record knows the account before anyone can pay into it.
             await (await runtime.store()).open_account(account_row(new_state))
         if isinstance(step, ReleaseFunds) and outputs:
             metrics.compensations.labels(step.reason.value).inc()
         if new_state is not None:
-            changed[account_id] = (event.message.partition, new_state)
+            changed[account_id] = (delivery.partition, new_state)
         return outputs
 
     async def own_accounts(stream: faust.StreamT) -> None:
         async for events in batches(stream):
             started = time.perf_counter()
             changed: dict[str, tuple[int, AccountState]] = {}
-            handled = await runtime.quarantine.each(events, partial(handle, changed))
+            handled = await runtime.quarantine.each(deliveries(events), partial(handle, changed))
             await runtime.outlet.send(output for _, outputs in handled for output in outputs)
             crash_point("accounts.after_send")
             await runtime.accounts.record(changed)

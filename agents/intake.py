@@ -53,7 +53,7 @@ from models.steps import FundAccountOp, OpenAccountOp, Origin, PaymentSubmitted,
 def rejection(invalid: Invalid, origin: Origin) -> CommandRejected:
     subject = invalid.idempotency_key or invalid.account_id or ""
     return CommandRejected(
-        event_id=rejection_id_for(subject, origin.source, origin.offset),
+        event_id=rejection_id_for(subject, origin.place),
         command_type=invalid.command_type,
         idempotency_key=invalid.idempotency_key, account_id=invalid.account_id,
         reason=RejectionReason.INVALID_REQUEST, detail=invalid.detail, errors=invalid.errors,

@@ -13,7 +13,7 @@ import asyncpg
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import batches, origin_of
+from agents.shell import Delivery, batches, deliveries
 from infra.crash import crash_point
 from infra.topics import LEDGER_STEPS
 from ledger.store import Origin as StoredOrigin
@@ -25,34 +25,33 @@ from models.outputs import Output
 from models.routing import LEDGER_STEP
 from models.steps import LedgerStep, Origin
 
-Prepared = tuple[faust.EventT, LedgerStep, JournalEntry, Event]
+Prepared = tuple[Delivery, LedgerStep, JournalEntry, Event]
 
 
-async def prepare(event: faust.EventT) -> tuple[LedgerStep, JournalEntry, Event]:
-    step = LEDGER_STEP.validate_json(event.message.value)
+async def prepare(delivery: Delivery) -> tuple[LedgerStep, JournalEntry, Event]:
+    step = delivery.step(LEDGER_STEP)
     entry, announced = entry_for(step)
     return step, entry, announced
 
 
 def stored(origin: Origin) -> StoredOrigin:
-    return StoredOrigin(topic=origin.topic, partition=origin.partition, offset=origin.offset)
+    return StoredOrigin(topic=origin.topic, partition=origin.partition, offset=origin.offset,
+                        index=origin.index)
 
 
 def outputs_for(step: LedgerStep, entry: JournalEntry, event: Event, result: WriteResult) -> list[Output]:
     if not result.applied and result.stored_fingerprint != entry.fingerprint:
         return conflict_for(step)
     first = result.stored_origin
-    origin = Origin(topic=first.topic, partition=first.partition, offset=first.offset)
+    origin = Origin(topic=first.topic, partition=first.partition, offset=first.offset, index=first.index)
     return follow_ups(step, entry, event, origin)
 
 
-def is_repeated_command(event: faust.EventT, entry: JournalEntry, result: WriteResult) -> bool:
+def is_repeated_command(delivery: Delivery, entry: JournalEntry, result: WriteResult) -> bool:
     """The same command again (not a redelivery of the first request): answer it with the
     original outcome, which only the outbox holds for a funding."""
-    first = result.stored_origin
-    here = origin_of(event)
     return (not result.applied and result.stored_fingerprint == entry.fingerprint
-            and (first.topic, first.partition, first.offset) != (here.topic, here.partition, here.offset))
+            and result.stored_origin != stored(delivery.origin))
 
 
 def install(app: faust.App, runtime: Runtime) -> None:
@@ -62,7 +61,8 @@ def install(app: faust.App, runtime: Runtime) -> None:
     async def write(batch: Sequence[Prepared]) -> list[WriteResult]:
         store = await runtime.store()
         started = time.perf_counter()
-        results = await store.write_batch([(entry, stored(origin_of(event))) for event, _, entry, _ in batch])
+        results = await store.write_batch([(entry, stored(delivery.origin))
+                                           for delivery, _, entry, _ in batch])
         metrics.ledger_commit.observe(time.perf_counter() - started)
         metrics.ledger_batch_size.observe(len(batch))
         applied = [entry for (_, _, entry, _), result in zip(batch, results, strict=True) if result.applied]
@@ -87,7 +87,8 @@ def install(app: faust.App, runtime: Runtime) -> None:
         async for events in batches(stream, settings.ledger_batch_size_max,
                                     settings.ledger_flush_interval_seconds):
             started = time.perf_counter()
-            batch = [(event, *prepared) for event, prepared in await runtime.quarantine.each(events, prepare)]
+            batch = [(delivery, *prepared)
+                     for delivery, prepared in await runtime.quarantine.each(deliveries(events), prepare)]
             written = await write_or_split(batch)
             if written:
                 crash_point("ledger.after_commit")

@@ -8,7 +8,7 @@ from functools import partial
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import batches, origin_of
+from agents.shell import Delivery, batches, deliveries
 from infra.crash import crash_point
 from infra.logs import payment_context
 from infra.topics import PAYMENT_STEPS
@@ -81,28 +81,28 @@ def count_refund(runtime: Runtime, step: PaymentStep, before: PaymentRecord | No
 def install(app: faust.App, runtime: Runtime) -> None:
     risk_max_amount = runtime.settings.risk_max_amount
 
-    async def handle(changed: dict[str, tuple[int, PaymentRecord]], event: faust.EventT) -> list[Output]:
-        step = PAYMENT_STEP.validate_json(event.message.value)
-        payment_id = event.message.key.decode()
+    async def handle(changed: dict[str, tuple[int, PaymentRecord]], delivery: Delivery) -> list[Output]:
+        step = delivery.step(PAYMENT_STEP)
+        payment_id = delivery.key
         current = runtime.payments.latest(payment_id, changed)
         if current is None and not isinstance(step, PaymentSubmitted | RefundSubmitted):
             # Cannot happen while the table is complete: a step of an unknown payment means
             # this worker's view of the partition is missing state. Say so loudly.
-            log.error("step %s for a payment this worker does not know (partition %s offset %s, assigned %s)",
-                      step.kind, event.message.partition, event.message.offset,
+            log.error("step %s for a payment this worker does not know (at %s, assigned %s)",
+                      step.kind, delivery.origin.place,
                       sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == PAYMENT_STEPS),
                       extra=payment_context(payment_id))
-        record, outputs = react(current, step, origin_of(event), risk_max_amount)
+        record, outputs = react(current, step, delivery.origin, risk_max_amount)
         count_refund(runtime, step, current, record, outputs)
         if record is not None and record is not current:
             observe(runtime, current, record)
-            changed[payment_id] = (event.message.partition, record)
+            changed[payment_id] = (delivery.partition, record)
         return outputs
 
     async def own_payments(stream: faust.StreamT) -> None:
         async for events in batches(stream):
             changed: dict[str, tuple[int, PaymentRecord]] = {}
-            handled = await runtime.quarantine.each(events, partial(handle, changed))
+            handled = await runtime.quarantine.each(deliveries(events), partial(handle, changed))
             await runtime.outlet.send(output for _, outputs in handled for output in outputs)
             crash_point("payments.after_send")
             await runtime.payments.record(changed)

@@ -32,7 +32,7 @@ from functools import partial
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import batches, origin_of
+from agents.shell import Delivery, batches, deliveries
 from infra.crash import crash_point
 from infra.logs import payment_context
 from infra.topics import PSP_STEPS
@@ -204,17 +204,17 @@ def install(app: faust.App, runtime: Runtime) -> None:
     calls = Calls(runtime)
     table = runtime.psp_outcomes
 
-    async def handle(changed: Changes, starts: set[str], voids: list[str], event: faust.EventT
+    async def handle(changed: Changes, starts: set[str], voids: list[str], delivery: Delivery
                      ) -> list[Output]:
-        step = PSP_STEP.validate_json(event.message.value)
+        step = delivery.step(PSP_STEP)
         current = table.latest(step.payment_id, changed)
         if isinstance(step, AuthorizePayment):
-            decision = psp_flow.on_request(current, step, origin_of(event))
+            decision = psp_flow.on_request(current, step, delivery.origin)
         else:
-            decision = psp_flow.on_answer(current, step, origin_of(event))
+            decision = psp_flow.on_answer(current, step, delivery.origin)
             note_answer(current, step, decision)
         if decision.record is not None:
-            changed[step.payment_id] = (event.message.partition, decision.record)
+            changed[step.payment_id] = (delivery.partition, decision.record)
         if decision.call is not None:
             starts.add(step.payment_id)
         if decision.void:
@@ -227,7 +227,8 @@ def install(app: faust.App, runtime: Runtime) -> None:
             changed: Changes = {}
             starts: set[str] = set()
             voids: list[str] = []
-            handled = await runtime.quarantine.each(events, partial(handle, changed, starts, voids))
+            handle_each = partial(handle, changed, starts, voids)
+            handled = await runtime.quarantine.each(deliveries(events), handle_each)
             await runtime.outlet.send(output for _, outputs in handled for output in outputs)
             crash_point("psp.after_send")
             await table.record(changed)

@@ -41,7 +41,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         partitions = self.settings.partitions
-        self.outlet = Outlet(self.app)
+        self.outlet = Outlet(self.app, partitions)
         self.quarantine = Quarantine(self.outlet, self.metrics.dead_letter)
         self.payments = StateTable(self.app, "payments", PaymentRecord, partitions)
         self.accounts = StateTable(self.app, "accounts", AccountState, partitions)

@@ -10,17 +10,22 @@ repeat by its origin: never a recorded state whose messages were lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import faust
+import orjson
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
+from pydantic import BaseModel, TypeAdapter
 
 from infra.delivery import confirm
 from infra.topics import ACCOUNT_STEPS, DEAD_LETTER, LEDGER_STEPS, PAYMENT_STEPS, PSP_STEPS
-from models.codec import dumps, event_headers
+from models.codec import STEPS_PER_MESSAGE_MAX, dumps, encode_steps, event_headers, split_steps
 from models.events import Event
 from models.outputs import Dispatch, Output, Publish, Route
 from models.steps import Origin
@@ -56,11 +61,80 @@ def origin_of(event: EventT) -> Origin:
     return Origin(topic=message.topic, partition=message.partition, offset=message.offset)
 
 
-class Outlet:
-    """Sends outputs and dead letters, and waits for the broker to acknowledge them."""
+@functools.lru_cache(maxsize=65_536)  # a payment's or an account's steps keep coming back to it
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (and Faust's table router) gives a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
-    def __init__(self, app: faust.App) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One step as its agent receives it: alone in its message or one of a batch."""
+
+    event: EventT  # the message it came in
+    key: str
+    origin: Origin  # its own position: the message's, plus its index in the batch
+    body: Any  # its JSON, parsed (the raw bytes when the message was not JSON)
+
+    @property
+    def partition(self) -> int:
+        return self.origin.partition
+
+    def step(self, adapter: TypeAdapter[T]) -> T:
+        if isinstance(self.body, bytes | None):
+            return adapter.validate_json(self.body or b"")
+        return adapter.validate_python(self.body)
+
+    @property
+    def value(self) -> bytes | None:
+        """The step's bytes, as a dead letter keeps them (re-publishable as they are)."""
+        return self.body if isinstance(self.body, bytes | None) else orjson.dumps(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class StepMessage:
+    topic: str
+    partition: int
+    key: bytes  # its first step's (the partition is given, so the key only names it)
+    value: bytes
+
+
+def step_messages(dispatches: Iterable[Dispatch], partitions: int) -> list[StepMessage]:
+    """The messages carrying `dispatches`: one per step-topic partition (more past
+    STEPS_PER_MESSAGE_MAX), each step in the partition its key hashes to, in order."""
+    grouped: dict[tuple[str, int], list[tuple[str, BaseModel]]] = {}
+    for dispatch in dispatches:
+        where = (ROUTES[dispatch.route], partition_for(dispatch.key.encode(), partitions))
+        grouped.setdefault(where, []).append((dispatch.key, dispatch.step))
+    return [StepMessage(topic, partition, steps[start][0].encode(),
+                        encode_steps(steps[start:start + STEPS_PER_MESSAGE_MAX]))
+            for (topic, partition), steps in grouped.items()
+            for start in range(0, len(steps), STEPS_PER_MESSAGE_MAX)]
+
+
+ItemT = TypeVar("ItemT", EventT, Delivery)  # what an agent handles: a message, or one step of it
+
+
+def deliveries(events: Iterable[EventT]) -> list[Delivery]:
+    """The steps of a batch of step-topic messages, in order."""
+    found = []
+    for event in events:
+        at = origin_of(event)
+        for index, (key, body) in enumerate(split_steps(event.message.value, event.message.key)):
+            origin = at.model_copy(update={"index": index}) if index else at
+            found.append(Delivery(event, str(key), origin, body))
+    return found
+
+
+class Outlet:
+    """Sends outputs and dead letters, and waits for the broker to acknowledge them.
+
+    Steps go in batches, one message per step-topic partition (models/codec.py
+    `encode_steps`); events go one per message, as downstream consumers expect."""
+
+    def __init__(self, app: faust.App, partitions: int) -> None:
         self.app = app
+        self.partitions = partitions
         self._topics: dict[str, faust.TopicT] = {}
 
     def topic(self, name: str) -> faust.TopicT:
@@ -71,14 +145,16 @@ class Outlet:
         return self._topics[name]
 
     async def send(self, outputs: Iterable[Output]) -> None:
-        pending = [await self._send_one(output) for output in outputs]
+        pending, dispatches = [], []
+        for output in outputs:
+            if isinstance(output, Publish):
+                pending.append(await self.publish_soon(output.event))
+            else:
+                dispatches.append(output)
+        for message in step_messages(dispatches, self.partitions):
+            pending.append(await self.produce(message.topic, message.key, message.value,
+                                              partition=message.partition))
         await confirm(pending)
-
-    async def _send_one(self, output: Output) -> asyncio.Future[Any]:
-        if isinstance(output, Publish):
-            return await self.publish_soon(output.event)
-        assert isinstance(output, Dispatch)
-        return await self.produce(ROUTES[output.route], output.key.encode(), dumps(output.step))
 
     async def publish_soon(self, event: Event) -> asyncio.Future[Any]:
         return await self.produce(event.topic, event.key.encode(), dumps(event), event_headers(event))
@@ -90,18 +166,21 @@ class Outlet:
         callbacks, which cost more CPU than the send itself and serve nothing here."""
         return await self.app.producer.send(topic, key, value, partition, None, headers)
 
-    async def dead_letter(self, event: EventT, reason: str, code: str) -> None:
-        message = event.message
+    async def dead_letter(self, item: EventT | Delivery, reason: str, code: str) -> None:
+        """The message (or the one step of a batch) as it came, with why and from where."""
+        if isinstance(item, Delivery):
+            origin, key, value = item.origin, item.key.encode(), item.value
+        else:
+            origin, key, value = origin_of(item), item.message.key, item.message.value
         headers = [
             ("error_code", code.encode()), ("error", reason.encode()[:4096]),
-            ("source_topic", message.topic.encode()),
-            ("source_partition", str(message.partition).encode()),
-            ("source_offset", str(message.offset).encode()),
+            ("source_topic", origin.topic.encode()),
+            ("source_partition", str(origin.partition).encode()),
+            ("source_offset", str(origin.offset).encode()),
         ]
-        future = await self.topic(DEAD_LETTER).send(
-            key=message.key, value=message.value, headers=headers
-        )
-        await confirm([future])
+        if isinstance(item, Delivery):
+            headers.append(("source_index", str(origin.index).encode()))
+        await confirm([await self.produce(DEAD_LETTER, key, value, headers)])
 
 
 def crash_instead_of_ack(name: str, body: Callable[[faust.StreamT], Awaitable[None]]
@@ -129,17 +208,18 @@ class Quarantine:
         self.outlet = outlet
         self.on_dead_letter = on_dead_letter
 
-    async def each(self, events: Sequence[EventT], handle: Callable[[EventT], Awaitable[T]]
-                   ) -> list[tuple[EventT, T]]:
+    async def each(self, items: Sequence[ItemT], handle: Callable[[ItemT], Awaitable[T]]
+                   ) -> list[tuple[ItemT, T]]:
         handled = []
-        for event in events:
+        for item in items:
             try:
-                handled.append((event, await handle(event)))
+                handled.append((item, await handle(item)))
             except Exception as error:  # noqa: BLE001 - quarantined with its reason
-                await self.quarantine(event, error)
+                await self.quarantine(item, error)
         return handled
 
-    async def quarantine(self, event: EventT, error: Exception) -> None:
-        log.error("step at %s quarantined: %r", origin_of(event), error, exc_info=error)
-        self.on_dead_letter(event.message.topic, type(error).__name__)
-        await self.outlet.dead_letter(event, repr(error)[:2000], "step_failed")
+    async def quarantine(self, item: EventT | Delivery, error: Exception) -> None:
+        origin = item.origin if isinstance(item, Delivery) else origin_of(item)
+        log.error("step at %s quarantined: %r", origin.place, error, exc_info=error)
+        self.on_dead_letter(origin.topic, type(error).__name__)
+        await self.outlet.dead_letter(item, repr(error)[:2000], "step_failed")

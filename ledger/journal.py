@@ -27,11 +27,12 @@ Entries = Sequence[tuple[JournalEntry, "Origin"]]
 # locks in the same order and cannot deadlock each other.
 INSERT_TRANSACTIONS = """
 INSERT INTO ledger_transactions (transaction_id, kind, idempotency_key, fingerprint,
-                                 payment_id, origin_topic, origin_partition, origin_offset)
+                                 payment_id, origin_topic, origin_partition, origin_offset,
+                                 origin_index)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::int[], $8::bigint[])
+                     $7::int[], $8::bigint[], $9::int[])
     AS entry(transaction_id, kind, idempotency_key, fingerprint, payment_id, origin_topic,
-             origin_partition, origin_offset)
+             origin_partition, origin_offset, origin_index)
 ORDER BY transaction_id
 ON CONFLICT (transaction_id) DO NOTHING
 RETURNING transaction_id
@@ -64,7 +65,7 @@ ORDER BY position
 """
 
 SELECT_STORED = """
-SELECT transaction_id, fingerprint, origin_topic, origin_partition, origin_offset
+SELECT transaction_id, fingerprint, origin_topic, origin_partition, origin_offset, origin_index
 FROM ledger_transactions WHERE transaction_id = ANY($1::uuid[])
 """
 
@@ -83,7 +84,7 @@ async def insert_transactions(connection: asyncpg.Connection, entries: Entries) 
     """Insert the entries' transactions; return the ids that were not there before."""
     columns = list(zip(*(
         (entry.transaction_id, str(entry.kind), entry.idempotency_key, entry.fingerprint,
-         entry.payment_id, origin.topic, origin.partition, origin.offset)
+         entry.payment_id, origin.topic, origin.partition, origin.offset, origin.index)
         for entry, origin in entries
     ), strict=True))
     rows = await connection.fetch(INSERT_TRANSACTIONS, *columns)

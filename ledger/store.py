@@ -30,11 +30,13 @@ Work = Callable[[asyncpg.Connection], Awaitable[T]]
 
 @dataclass(frozen=True)
 class Origin:
-    """Where the request that wrote an entry came from (a Kafka record's coordinates)."""
+    """Where the request that wrote an entry came from (a Kafka record's coordinates, and
+    the request's index among the steps that record carries)."""
 
     topic: str
     partition: int
     offset: int
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ async def _write_unique(
         rows = await journal.stored_first_writes(connection, duplicates)
     stored = {entry.transaction_id: (entry.fingerprint, origin) for entry, origin in new}
     for transaction_id, row in rows.items():
-        origin = Origin(row["origin_topic"], row["origin_partition"], row["origin_offset"])
+        origin = Origin(row["origin_topic"], row["origin_partition"], row["origin_offset"],
+                        row["origin_index"])
         stored[transaction_id] = (row["fingerprint"], origin)
     return applied, stored

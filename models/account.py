@@ -32,9 +32,10 @@ class AccountState(BaseModel):
     posted: int = 0
     # reservation_id -> amount held. Entries leave when settled or released.
     reservations: dict[str, int] = Field(default_factory=dict)
-    # source ("topic#partition") -> highest offset applied from it: the tracking record
-    # that lets a redelivered step be recognised. Bounded by sources x partitions.
-    applied: dict[str, int] = Field(default_factory=dict)
+    # source ("topic#partition") -> highest position (offset, index in its message) applied
+    # from it: the tracking record that lets a redelivered step be recognised. Bounded by
+    # sources x partitions.
+    applied: dict[str, tuple[int, int]] = Field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -45,10 +46,10 @@ class AccountState(BaseModel):
         return self.posted - self.pending
 
     def already_applied(self, origin: Origin) -> bool:
-        return origin.offset <= self.applied.get(origin.source, -1)
+        return origin.position <= self.applied.get(origin.source, (-1, -1))
 
     def tracking(self, origin: Origin) -> AccountState:
-        return self.model_copy(update={"applied": {**self.applied, origin.source: origin.offset}})
+        return self.model_copy(update={"applied": {**self.applied, origin.source: origin.position}})
 
 
 def open_account(command: OpenAccount, fingerprint: str) -> AccountState:

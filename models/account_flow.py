@@ -83,7 +83,7 @@ def rejected(command_type: str, reason: RejectionReason, detail: str, field: str
              account_id: str, idempotency_key: str | None = None) -> CommandRejected:
     subject = idempotency_key or account_id
     return CommandRejected(
-        event_id=rejection_id_for(subject, origin.source, origin.offset), command_type=command_type,
+        event_id=rejection_id_for(subject, origin.place), command_type=command_type,
         idempotency_key=idempotency_key, account_id=account_id, reason=reason, detail=detail,
         errors=(FieldError(field=field, message=detail),),
     )

@@ -7,6 +7,7 @@ Reading a command has three outcomes, never an exception: the command, an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, TypeVar
@@ -37,6 +38,37 @@ class Invalid:
     @property
     def detail(self) -> str:
         return "; ".join(f"{e.field}: {e.message}" for e in self.errors)
+
+
+# Steps per message on a step topic: a batch of outputs for one partition is split past it,
+# which keeps a message far below the broker's size limit (a step is ~1-2 KB).
+STEPS_PER_MESSAGE_MAX = 500
+STEP_BATCH = "StepBatch"
+
+
+def encode_steps(steps: Sequence[tuple[str, BaseModel]]) -> bytes:
+    """One message for several steps (key, step) bound for one partition of a step topic.
+
+    Internal topics carry batches because the broker and the Kafka clients spend far more
+    per message than the handlers spend per step. Public topics keep one event per message."""
+    return orjson.dumps({"kind": STEP_BATCH, "steps": [
+        {"key": key, "step": step.model_dump(mode="json")} for key, step in steps]})
+
+
+def split_steps(raw: bytes | None, key: bytes | None) -> list[tuple[str, Any]]:
+    """The (key, parsed JSON) of each step in a step-topic message: a batch, or a message
+    holding one step (as an operator re-publishes a dead-lettered one). Never raises: a
+    message that is not JSON comes back as one step whose JSON is the raw bytes, for the
+    step decoder to refuse, so the message is quarantined with its reason."""
+    own_key = key.decode(errors="replace") if key is not None else ""
+    try:
+        body = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return [(own_key, raw)]
+    if isinstance(body, dict) and body.get("kind") == STEP_BATCH and isinstance(body.get("steps"), list):
+        return [(item.get("key", own_key), item.get("step")) if isinstance(item, dict) else (own_key, item)
+                for item in body["steps"]]
+    return [(own_key, body)]
 
 
 def dumps(value: Any) -> bytes:

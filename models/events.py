@@ -21,9 +21,10 @@ def event_id_for(subject: str, event_type: str) -> UUID:
     return uuid5(EVENT_NAMESPACE, f"{event_type}/{subject}")
 
 
-def rejection_id_for(subject: str, source: str, offset: int) -> UUID:
-    """A rejection answers one message: its id is stable when that message is redelivered."""
-    return event_id_for(f"{subject}@{source}:{offset}", "CommandRejected")
+def rejection_id_for(subject: str, place: str) -> UUID:
+    """A rejection answers one message (`place`: Origin.place, where it was read): its id is
+    stable when that message is redelivered."""
+    return event_id_for(f"{subject}@{place}", "CommandRejected")
 
 
 class FailureReason(StrEnum):

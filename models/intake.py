@@ -42,7 +42,7 @@ def key_conflict(first: KeyUse, command: PaymentCommand, origin: Origin) -> Comm
     key = command.idempotency_key
     return CommandRejected(
         # One answer per message: a redelivery of this message re-publishes the same event.
-        event_id=rejection_id_for(key, origin.source, origin.offset),
+        event_id=rejection_id_for(key, origin.place),
         command_type=command.type,
         idempotency_key=key,
         reason=RejectionReason.IDEMPOTENCY_CONFLICT,

@@ -114,7 +114,7 @@ def payment_facts(payment_id: str, request: RequestPayment) -> dict[str, object]
 
 def conflict(command_type: str, idempotency_key: str, origin: Origin) -> CommandRejected:
     return CommandRejected(
-        event_id=rejection_id_for(idempotency_key, origin.source, origin.offset),
+        event_id=rejection_id_for(idempotency_key, origin.place),
         command_type=command_type,
         idempotency_key=idempotency_key,
         reason=RejectionReason.IDEMPOTENCY_CONFLICT,

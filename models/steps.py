@@ -1,9 +1,13 @@
 """Internal step messages of the choreography (never seen by upstream or downstream).
 
-Every step message carries `origin`: the position of the message whose handling
-produced it. A handler that reprocesses a message after a crash produces the
-same step messages with the same origin, so the receiver can tell a redelivery
-(origin at or below what it already applied from that source) from new work.
+Every step carries `origin`: the position of the step whose handling produced it.
+A handler that reprocesses a step after a crash produces the same steps with the
+same origin, so the receiver can tell a redelivery (origin at or below what it
+already applied from that source) from new work.
+
+Steps travel in batches: one message carries the steps an agent's batch produced for
+one partition of a step topic (models/codec.py `encode_steps`). A message's offset is
+then shared by its steps, and `Origin.index` tells them apart.
 """
 
 from __future__ import annotations
@@ -22,10 +26,22 @@ class Origin(BaseModel):
     topic: str
     partition: int
     offset: int
+    index: int = 0  # the step's place in its message (a batch of steps); 0 for a message of one
 
     @property
     def source(self) -> str:
         return f"{self.topic}#{self.partition}"
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where in its source: positions grow in the order the steps were produced."""
+        return self.offset, self.index
+
+    @property
+    def place(self) -> str:
+        """The position as text, unique in the whole service (a name for what came from here)."""
+        at = f"{self.source}:{self.offset}"
+        return f"{at}.{self.index}" if self.index else at
 
 
 class Step(BaseModel):

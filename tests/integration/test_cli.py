@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ledger.migrate import available_migrations
+
 
 def payments(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
@@ -48,7 +50,8 @@ def test_a_malformed_setting_is_named(name: str, value: str) -> None:
 async def test_migrate_is_safe_to_run_twice(database_url: str) -> None:
     first = payments("migrate", env={"PAYMENTS_DATABASE_URL": database_url})
     second = payments("migrate", env={"PAYMENTS_DATABASE_URL": database_url})
-    assert first.returncode == 0 and "applied 2 migration(s)" in first.stdout, first.stderr
+    applied = f"applied {len(available_migrations())} migration(s)"
+    assert first.returncode == 0 and applied in first.stdout, first.stderr
     assert second.returncode == 0 and "schema is current" in second.stdout
 
 

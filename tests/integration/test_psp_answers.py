@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -32,7 +33,7 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from infra.driver import OUTBOUND_TOPICS
 from infra.topics import ACCOUNT_STEPS, APP_ID, DEAD_LETTER, LEDGER_STEPS, PAYMENT_STEPS, PSP_STEPS
-from models.codec import dumps
+from models.codec import dumps, split_steps
 from models.payment import payment_id_for
 from models.steps import Origin, PspAnswered
 from tests.conftest import Service
@@ -69,18 +70,37 @@ async def publish_answer(service: Service, answer: PspAnswered) -> RecordMetadat
     return await send_raw(service.driver, PSP_STEPS, answer.payment_id.encode(), dumps(answer))
 
 
-def position(message: ConsumerRecord) -> Origin:
-    return Origin(topic=message.topic, partition=message.partition, offset=message.offset)
+@dataclass(frozen=True)
+class StepRecord:
+    """One step read from a step topic (a message carries a batch of them)."""
+
+    topic: str
+    partition: int
+    offset: int
+    index: int
+    key: bytes
+    value: bytes  # the step's own JSON, publishable on its own
+
+
+def split(message: ConsumerRecord) -> list[StepRecord]:
+    return [StepRecord(message.topic, message.partition, message.offset, index, str(key).encode(),
+                       orjson.dumps(body))
+            for index, (key, body) in enumerate(split_steps(message.value, message.key))]
+
+
+def position(record: StepRecord) -> Origin:
+    return Origin(topic=record.topic, partition=record.partition, offset=record.offset,
+                  index=record.index)
 
 
 async def steps_about(service: Service, topic: str, key: str, kind: str | None = None
-                      ) -> list[ConsumerRecord]:
-    """Every message on an internal topic with that key (optionally of one kind),
-    read from the beginning to the end offsets, without deduplication."""
+                      ) -> list[StepRecord]:
+    """Every step on an internal topic with that key (optionally of one kind), read from
+    the beginning to the end offsets, without deduplication."""
     consumer = AIOKafkaConsumer(bootstrap_servers=service.bootstrap, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=50)
     await consumer.start()
-    found: list[ConsumerRecord] = []
+    found: list[StepRecord] = []
     try:
         await consumer._client.force_metadata_update()  # noqa: SLF001 - a fresh view
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -93,7 +113,7 @@ async def steps_about(service: Service, topic: str, key: str, kind: str | None =
             assert time.monotonic() < deadline, f"could not read {topic} to its end"
             batches = await consumer.getmany(timeout_ms=200)
             for messages in batches.values():
-                found.extend(m for m in messages if m.key == key.encode())
+                found.extend(s for m in messages for s in split(m) if s.key == key.encode())
     finally:
         await consumer.stop()
     return [m for m in found if kind is None or orjson.loads(m.value)["kind"] == kind]
@@ -112,7 +132,7 @@ async def committed_offset(service: Service, topic: str, partition: int) -> int:
     return -1 if committed is None else committed.offset
 
 
-async def handled(service: Service, *answers: RecordMetadata | ConsumerRecord) -> None:
+async def handled(service: Service, *answers: RecordMetadata | StepRecord) -> None:
     """Wait until the worker has acknowledged the answers (its group committed past them):
     decided, and whatever the decisions said to send is sent."""
     for answer in answers:

@@ -224,7 +224,7 @@ def test_creditor_kyc_does_not_matter() -> None:
 def test_new_step_advances_the_applied_map() -> None:
     state, _ = react(account(posted=500), reserve(100, origin=at(10)), HERE)
     assert state is not None
-    assert state.applied == {"steps#3": 10}
+    assert state.applied == {"steps#3": (10, 0)}
 
 
 def test_applied_map_is_kept_per_source() -> None:
@@ -232,7 +232,7 @@ def test_applied_map_is_kept_per_source() -> None:
     assert state is not None
     state, _ = react(state, reserve(100, "b", origin=at(4, partition=1)), HERE)
     assert state is not None
-    assert state.applied == {"steps#3": 10, "steps#1": 4}
+    assert state.applied == {"steps#3": (10, 0), "steps#1": (4, 0)}
     assert state.pending == 200
 
 
@@ -256,13 +256,13 @@ def test_step_from_a_later_offset_is_applied() -> None:
     assert state is not None
     later, outputs = react(state, reserve(100, "b", origin=at(11)), HERE)
     assert later is not None and later.pending == 200
-    assert later.applied == {"steps#3": 11}
+    assert later.applied == {"steps#3": (11, 0)}
     assert len(outputs) == 1
 
 
 def test_refused_step_is_still_tracked() -> None:
     state, outputs = react(account(posted=0), reserve(100, origin=at(10)), HERE)
-    assert state is not None and state.applied == {"steps#3": 10} and state.pending == 0
+    assert state is not None and state.applied == {"steps#3": (10, 0)} and state.pending == 0
     assert only(outputs, Dispatch).step.reason == FailureReason.INSUFFICIENT_FUNDS
 
 
@@ -362,7 +362,7 @@ def test_check_creditor_success_dispatches_reserve_funds_to_the_debtor() -> None
     assert (hold.account_id, hold.amount, hold.currency) == ("alice", 100, "USD")
     assert hold.reservation_id == "pay-1"
     assert hold.origin == HERE and hold.refund_key is None
-    assert state is not None and state.reservations == {} and state.applied == {"payment-steps#2": 4}
+    assert state is not None and state.reservations == {} and state.applied == {"payment-steps#2": (4, 0)}
 
 
 def test_check_creditor_unknown_fails_the_payment() -> None:

@@ -93,7 +93,7 @@ def test_the_same_fingerprint_under_another_type_or_payment_is_still_a_conflict(
 def test_a_rejection_has_the_same_event_id_when_its_message_is_redelivered() -> None:
     first, second = conflict_of(refund(), refund(payment_id=PAYMENT_B)), conflict_of(
         refund(), refund(payment_id=PAYMENT_B))
-    assert first.event_id == second.event_id == rejection_id_for("key-1", ORIGIN.source, ORIGIN.offset)
+    assert first.event_id == second.event_id == rejection_id_for("key-1", ORIGIN.place)
     later = screen_key(key_use(refund()), refund(payment_id=PAYMENT_B),
                        ORIGIN.model_copy(update={"offset": 42}))
     assert isinstance(later, CommandRejected) and later.event_id != first.event_id

@@ -146,7 +146,7 @@ def test_redelivered_steps_never_change_the_account(
         assert new_state is not None
         posted += step.amount if isinstance(step, ApplyPosting) else 0
         state = new_state
-        assert (state.posted, state.applied) == (posted, {"steps#0": offset})
+        assert (state.posted, state.applied) == (posted, {"steps#0": (offset, 0)})
         assert state.available >= -overdraft_limit
         for index in redeliveries:
             assert react(state, sent[index % len(sent)], HERE) == (None, [])
