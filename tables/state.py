@@ -7,6 +7,7 @@ recovery reads back from the changelog is exactly what was written.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
 import faust
@@ -18,10 +19,19 @@ from infra.topics import changelog_topic
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+# Parsed values kept per table, most recently used first: an account is read for every
+# step about it, and a payment a few times within seconds; parsing its JSON each time was
+# a visible share of the worker's CPU.
+PARSED_KEPT = 4096
+
+
 class StateTable(Generic[ModelT]):
     def __init__(self, app: faust.App, name: str, model: type[ModelT], partitions: int) -> None:
         self.model = model
         self.app = app
+        # key -> (the stored bytes it was parsed from, the model). Models are frozen, so one
+        # can be shared; a value replaced by recovery is another bytes object: parsed again.
+        self._parsed: OrderedDict[bytes, tuple[bytes, ModelT]] = OrderedDict()
         self.changelog = changelog_topic(name)
         self.table = app.Table(
             name, partitions=partitions, key_type=bytes, value_type=bytes,
@@ -32,8 +42,23 @@ class StateTable(Generic[ModelT]):
         )
 
     def get(self, key: str) -> ModelT | None:
-        raw = self.table.data.get(key.encode())
-        return None if raw is None else self.model.model_validate_json(raw)
+        stored_key = key.encode()
+        raw = self.table.data.get(stored_key)
+        if raw is None:
+            return None
+        parsed = self._parsed.get(stored_key)
+        if parsed is not None and parsed[0] is raw:
+            self._parsed.move_to_end(stored_key)
+            return parsed[1]
+        model = self.model.model_validate_json(raw)
+        self._keep(stored_key, raw, model)
+        return model
+
+    def _keep(self, key: bytes, raw: bytes, model: ModelT) -> None:
+        self._parsed[key] = (raw, model)
+        self._parsed.move_to_end(key)
+        if len(self._parsed) > PARSED_KEPT:
+            self._parsed.popitem(last=False)
 
     def latest(self, key: str, changed: dict[str, tuple[int, ModelT]]) -> ModelT | None:
         """The state as a batch in progress sees it: its own unrecorded changes first."""
@@ -54,17 +79,18 @@ class StateTable(Generic[ModelT]):
         record batch plus one, so a multi-record batch at the tail would be cut off by a
         recovery that reads "up to the end offset"; a single-record batch at the tail keeps
         that end offset exact. (Apache Kafka reports it exactly either way.)"""
-        encoded = {key.encode(): (partition, model.model_dump_json().encode())
+        encoded = {key.encode(): (partition, model.model_dump_json().encode(), model)
                    for key, (partition, model) in writes.items()}
-        last_of_partition = {partition: key for key, (partition, _) in encoded.items()}
+        last_of_partition = {partition: key for key, (partition, _, _) in encoded.items()}
         tails = set(last_of_partition.values())
         await confirm([await self._write(key, *encoded[key]) for key in encoded if key not in tails])
         await confirm([await self._write(key, *encoded[key]) for key in tails])
 
-    async def _write(self, key: bytes, partition: int, value: bytes) -> asyncio.Future[Any]:
+    async def _write(self, key: bytes, partition: int, value: bytes, model: ModelT) -> asyncio.Future[Any]:
         """Sent directly, not through Faust's background changelog buffer (`send_soon`):
         a future from that buffer never resolves if its flushing task dies. And straight to
         the producer, not through `Topic.send`, whose per-message futures and callbacks
         cost more CPU than the send itself."""
         self.table.data[key] = value
+        self._keep(key, value, model)
         return await self.app.producer.send(self.changelog, key, value, partition, None, None)
