@@ -2,8 +2,10 @@
 
 Starts the embedded broker and PostgreSQL unless they are configured, then measures, in
 order: the ledger writer alone; the classic design at its best client count, on each
-workload; the service (one `payments worker`) on each workload, throughput then latency
-at half that throughput. Prints the figures, writes them as JSON (and a PNG plot when
+workload; the service on each workload, throughput then latency at half that throughput,
+with one `payments worker`, then again with more (`worker_counts`: workers join the
+running ones), the best count per workload reported as the classic design's best client
+count is. Prints the figures, writes them as JSON (and a PNG plot when
 matplotlib is installed). Exits 0 when every measurement is valid (every payment reached
 its outcome, none failed, the classic design raised no error), whether or not the
 targets are met; the table and the JSON say which are.
@@ -18,7 +20,8 @@ import platform
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +60,13 @@ class Sizes:
         return cls(2.5, 3, classic.CLIENT_COUNTS, 2.5, 200, 30.0)
 
 
-def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | None = None) -> int:
+def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | None = None,
+              worker_counts: Sequence[int] = (1,)) -> int:
     """Measure, print, write `output` (default: PAYMENTS_DATA_DIR/bench-results.json); 0 when valid."""
     if payments < 1:
         raise ValueError("payments must be at least 1")
+    if not worker_counts or list(worker_counts) != sorted(set(worker_counts)) or worker_counts[0] < 1:
+        raise ValueError(f"worker counts must be increasing and at least 1, not {list(worker_counts)}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=settings.data_dir))
     output = output or settings.data_dir / "bench-results.json"
@@ -75,16 +81,12 @@ def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | 
             results["ledger_writer"] = asyncio.run(_ledger_writer(server_url, sizes, progress, databases))
             results["classic"] = asyncio.run(_classic(server_url, sizes, progress, databases, results["run"]))
             databases.append(asyncio.run(_prepare_service(bootstrap, server_url, settings.partitions)))
-            worker = WorkerProcess(bootstrap, databases[-1], workdir, partitions=settings.partitions)
-            progress.console.print(f"starting a worker (log: {worker.log}) ...")
+            workers = Workers(bootstrap, databases[-1], workdir, settings.partitions, progress.console.print)
             try:
-                worker.start()
-                assert worker.process is not None
-                progress.console.print(f"worker pid {worker.process.pid}")
                 results["service"] = asyncio.run(
-                    _service(bootstrap, worker.process.pid, payments, sizes, progress))
+                    _service(bootstrap, workers, worker_counts, payments, sizes, progress))
             finally:
-                worker.stop()
+                workers.stop()
         finally:
             if settings.database_url:  # an embedded server is removed whole when it stops
                 asyncio.run(_drop(server_url, databases))
@@ -142,6 +144,34 @@ async def _classic(
     return found
 
 
+@dataclass
+class Workers:
+    """The service's worker processes; more join the running ones."""
+
+    bootstrap: str
+    database_url: str
+    workdir: Path
+    partitions: int
+    say: Callable[[str], None]
+    running: list[WorkerProcess] = field(default_factory=list)
+
+    def grow_to(self, count: int) -> None:
+        while len(self.running) < count:
+            worker = WorkerProcess(self.bootstrap, self.database_url, self.workdir,
+                                   partitions=self.partitions)
+            self.say(f"starting worker {len(self.running) + 1} (log: {worker.log}) ...")
+            self.running.append(worker)
+            worker.start()
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.process.pid for worker in self.running if worker.process is not None]
+
+    def stop(self) -> None:
+        for worker in reversed(self.running):
+            worker.stop()
+
+
 async def _prepare_service(bootstrap: str, server_url: str, partitions: int) -> str:
     database_url = await create_database(server_url, prefix="bench_service")
     await ensure_topics(bootstrap, service_topics(partitions))
@@ -150,36 +180,56 @@ async def _prepare_service(bootstrap: str, server_url: str, partitions: int) -> 
 
 
 async def _service(
-    bootstrap: str, pid: int, payments: int, sizes: Sizes, progress: Progress
+    bootstrap: str, workers: Workers, worker_counts: Sequence[int], payments: int, sizes: Sizes,
+    progress: Progress
 ) -> dict[str, Any]:
+    """Per worker count (workers join the running ones): warm-up, then each workload's
+    throughput and latency. The best count per workload is reported, every count in `trials`."""
+    await asyncio.to_thread(workers.grow_to, worker_counts[0])
     driver = await ServiceDriver(bootstrap).start()
-    outcomes, probe = Outcomes(driver), WorkerProbe(pid)
+    outcomes, probe = Outcomes(driver), WorkerProbe(workers.pids)
     run_id = uuid.uuid4().hex[:8]
     bench = ServiceBench(driver, outcomes, progress, run_id)
     accounts = account_ids(f"bench-{run_id}")
-    found: dict[str, Any] = {}
+    trials: list[dict[str, Any]] = []
     try:
         async with probe.sampling(outcomes):
             await bench.open_accounts(accounts)
             rss_first = probe.rss_bytes()
-            await bench.throughput("uniform", transfers("uniform", accounts, seed=100), sizes.warmup_payments,
-                                   probe, label="warm-up (not counted)")
-            for seed, workload in enumerate(WORKLOADS, start=1):
-                stream = transfers(workload, accounts, seed=seed)
-                throughput = await bench.throughput(workload, stream, payments, probe)
-                rate = max(throughput.payments_per_second / 2, 1.0)
-                latency = await bench.latency(workload, stream, rate, sizes.latency_seconds)
-                found[workload] = {"throughput": throughput.summary(), "latency": latency.summary()}
+            for count in worker_counts:
+                await asyncio.to_thread(workers.grow_to, count)
+                probe.pids = workers.pids
+                # Not counted: a worker that just joined waits for the rebalance and recovery.
+                await bench.throughput("uniform", transfers("uniform", accounts, seed=100 + count),
+                                       sizes.warmup_payments, probe, label=f"{count} worker(s): warm-up")
+                trial: dict[str, Any] = {"workers": count}
+                for seed, workload in enumerate(WORKLOADS, start=1):
+                    stream = transfers(workload, accounts, seed=seed)
+                    label = f"{count} worker(s), {workload}"
+                    throughput = await bench.throughput(workload, stream, payments, probe,
+                                                        label=f"{label}: throughput")
+                    rate = max(throughput.payments_per_second / 2, 1.0)
+                    latency = await bench.latency(workload, stream, rate, sizes.latency_seconds)
+                    trial[workload] = {"throughput": throughput.summary(), "latency": latency.summary()}
+                trials.append(trial)
             rss_last = probe.rss_bytes()
     finally:
         await driver.stop()
+    found: dict[str, Any] = {workload: _best(trials, workload) for workload in WORKLOADS}
+    found["trials"] = trials
     found["worker"] = {
-        "pid": pid, "peak_rss_bytes": probe.peak_rss_bytes(), "rss_first_bytes": rss_first,
+        "pid": probe.pid, "peak_rss_bytes": probe.peak_rss_bytes(), "rss_first_bytes": rss_first,
         "rss_last_bytes": rss_last, "payments_total": len(outcomes.by_payment),
         "rss_growth_second_half_bytes_per_1000_payments": probe.growth_second_half_per_1000(),
         "rss_samples": [[round(t, 2), rss, count] for t, rss, count in probe.samples],
     }
     return found
+
+
+def _best(trials: list[dict[str, Any]], workload: str) -> dict[str, Any]:
+    """The worker count with the highest throughput on the workload (with its latency)."""
+    best = max(trials, key=lambda trial: trial[workload]["throughput"]["payments_per_second"])
+    return {"workers": best["workers"], **best[workload]}
 
 
 async def _drop(server_url: str, databases: list[str]) -> None:
@@ -196,11 +246,13 @@ def _ratio(results: dict[str, Any], workload: str) -> float:
 def _invalid(results: dict[str, Any]) -> list[str]:
     problems = []
     for workload in WORKLOADS:
-        for phase in ("throughput", "latency"):
-            figures = results["service"][workload][phase]
-            if figures["missing"] or figures["failed"]:
-                problems.append(f"service {workload} {phase}: {figures['missing']} payments without an "
-                                f"outcome, {figures['failed']} failed")
+        for trial in results["service"]["trials"]:
+            for phase in ("throughput", "latency"):
+                figures = trial[workload][phase]
+                if figures["missing"] or figures["failed"]:
+                    problems.append(f"service {workload} {phase}, {trial['workers']} worker(s): "
+                                    f"{figures['missing']} payments without an outcome, "
+                                    f"{figures['failed']} failed")
         errors = sum(trial["errors"] for trial in results["classic"][workload]["trials"])
         if errors:
             problems.append(f"classic {workload}: {errors} transfers refused")

@@ -63,7 +63,12 @@ def _comparison(results: dict[str, Any]) -> Table:
         f"{sum(trial['deadlock_retries'] for trial in classic[w]['trials'])}")
     row("  latency p50 / p99 ms", lambda w: "{latency_p50_ms:.1f} / {latency_p99_ms:.1f}".format(
         **classic[w]["best"]))
-    row("service payments/s", lambda w: f"{service[w]['throughput']['payments_per_second']:,.1f}")
+    row("service payments/s", lambda w: f"{service[w]['throughput']['payments_per_second']:,.1f} "
+        f"({service[w]['workers']} worker{'s' if service[w]['workers'] > 1 else ''})")
+    if len(service["trials"]) > 1:
+        row("  by worker count", lambda w: " / ".join(
+            f"{trial['workers']}: {trial[w]['throughput']['payments_per_second']:,.0f}"
+            for trial in service["trials"]))
     row(f"ratio (target >= {RATIO_TARGET:.0f})",
         lambda w: f"{results['ratio'][w]:.3f} {_verdict(results['targets'][f'ratio_{w}_met'])}")
     row("service at half load: sent", lambda w: f"{service[w]['latency']['achieved_send_rate']:,.1f}/s")

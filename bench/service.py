@@ -58,20 +58,27 @@ class Outcomes:
 
 @dataclass
 class WorkerProbe:
-    """CPU and memory of the worker process (and any children), from /proc via psutil."""
+    """CPU of the worker processes, and memory of the first (it runs for the whole bench),
+    from /proc via psutil."""
 
-    pid: int
+    pids: list[int]
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, rss bytes, outcomes)
 
-    def _processes(self) -> list[psutil.Process]:
-        process = psutil.Process(self.pid)
+    @property
+    def pid(self) -> int:
+        return self.pids[0]
+
+    @staticmethod
+    def _processes(pid: int) -> list[psutil.Process]:
+        process = psutil.Process(pid)
         return [process, *process.children(recursive=True)]
 
     def cpu_seconds(self) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in self._processes())  # user + system
+        """User + system seconds of every worker (and any children)."""
+        return sum(sum(p.cpu_times()[:2]) for pid in self.pids for p in self._processes(pid))
 
     def rss_bytes(self) -> int:
-        return sum(p.memory_info().rss for p in self._processes())
+        return sum(p.memory_info().rss for p in self._processes(self.pid))
 
     def peak_rss_bytes(self) -> int:
         """The kernel's high-water mark (VmHWM) when readable, else the highest sample."""

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="the service against the classic row-lock design")
     bench.add_argument("--payments", type=int, default=3000, help="payments per throughput run, per workload")
     bench.add_argument("--quick", action="store_true", help="tiny sizes, for tests; not for figures")
+    bench.add_argument("--workers", type=_counts, default=(1, 2),
+                       help="worker counts to measure the service at, increasing (default 1,2)")
     bench.add_argument("--output", type=Path, default=None,
                        help="JSON path (default: PAYMENTS_DATA_DIR/bench-results.json)")
     chaos = commands.add_parser("chaos", help="the fault campaign: scenarios x seeds, Jepsen-style counts")
@@ -89,7 +91,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return _chaos(args, settings)
     from bench.main import run_bench
 
-    return run_bench(settings, payments=args.payments, quick=args.quick, output=args.output)
+    return run_bench(settings, payments=args.payments, quick=args.quick, output=args.output,
+                     worker_counts=args.workers)
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated worker counts, not {text!r}") from None
+    if any(count < 1 for count in counts) or list(counts) != sorted(set(counts)):
+        raise argparse.ArgumentTypeError(f"worker counts must be increasing and at least 1, not {text!r}")
+    return counts
 
 
 def _positive(text: str) -> int:

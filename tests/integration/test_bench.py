@@ -21,13 +21,13 @@ async def bench_databases(server_url: str) -> list[str]:
     return [row["datname"] for row in rows]
 
 
-def test_a_quick_bench_measures_both_designs_and_writes_every_figure(
+def test_a_quick_bench_measures_both_designs_at_two_worker_counts_and_writes_every_figure(
     tmp_path: Path, kafka_bootstrap: str, postgres_server_url: str
 ) -> None:
     settings = Settings(kafka_bootstrap=kafka_bootstrap, database_url=postgres_server_url, data_dir=tmp_path)
     before = asyncio.run(bench_databases(postgres_server_url))
 
-    assert run_bench(settings, payments=30, quick=True) == 0
+    assert run_bench(settings, payments=30, quick=True, worker_counts=(1, 2)) == 0
 
     results = json.loads((tmp_path / "bench-results.json").read_text())
     assert set(results) >= {"run", "ledger_writer", "classic", "service", "ratio", "targets"}
@@ -40,6 +40,7 @@ def test_a_quick_bench_measures_both_designs_and_writes_every_figure(
         assert throughput["payments_per_second"] > 0 and throughput["worker_cpu_ms_per_payment"] > 0
         latency = results["service"][workload]["latency"]
         assert latency["missing"] == 0 and 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["p999_ms"]
+        assert results["service"][workload]["workers"] in (1, 2)
         assert results["ratio"][workload] > 0
         assert isinstance(results["targets"][f"ratio_{workload}_met"], bool)
     writers = results["ledger_writer"]
@@ -47,6 +48,9 @@ def test_a_quick_bench_measures_both_designs_and_writes_every_figure(
         ("write_batch", 1), ("write_batch", 100), ("write_batch", 500), ("write_batch", 2000)]
     assert writers[4]["method"] == "copy"
     assert all(run["postings_per_second"] > 0 for run in writers)
+    trials = results["service"]["trials"]  # the second worker joined the first
+    assert [trial["workers"] for trial in trials] == [1, 2]
+    assert all(trial[w]["throughput"]["captured"] == 30 for trial in trials for w in ("uniform", "hot"))
     worker = results["service"]["worker"]
     assert worker["peak_rss_bytes"] >= worker["rss_first_bytes"] > 0 and worker["rss_samples"]
     # A configured server keeps none of the bench's databases.

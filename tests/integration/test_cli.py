@@ -97,3 +97,10 @@ async def test_rebuild_read_models_recomputes_daily_balances(database_url: str) 
         assert day.closing_balance == 700
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("counts", ["2,1", "0", "1,x", "1,1"])
+def test_bench_worker_counts_must_be_increasing_positive_numbers(counts: str) -> None:
+    result = payments("bench", "--workers", counts)
+    assert result.returncode == 2
+    assert "worker counts" in result.stderr and counts in result.stderr
