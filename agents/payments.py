@@ -61,8 +61,13 @@ def react(record: PaymentRecord | None, step: PaymentStep, origin: Origin, risk_
 def observe(runtime: Runtime, before: PaymentRecord | None, after: PaymentRecord) -> None:
     if after.outcome is not None and (before is None or before.outcome is None):
         reason = after.reason.value if after.reason else ""
-        log.info("payment %s%s", after.status, f": {reason} ({after.detail})" if reason else "",
-                 extra=payment_context(after.payment_id, after.request.idempotency_key))
+        # A failure is what an operator reads the log for; captures are counted in the
+        # metrics and published as events, and at hundreds per second one line each was
+        # ~3% of the worker's CPU.
+        level = logging.INFO if reason else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "payment %s%s", after.status, f": {reason} ({after.detail})" if reason else "",
+                    extra=payment_context(after.payment_id, after.request.idempotency_key))
         runtime.metrics.outcomes.labels(after.status, reason).inc()
         started = after.history[0].at
         runtime.metrics.end_to_end.labels(after.status).observe(

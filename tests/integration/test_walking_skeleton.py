@@ -57,7 +57,7 @@ async def test_a_payment_is_captured_and_posted(service: Service) -> None:
     assert balances == {"settlement:USD": -10_000, "skeleton-alice": 7_500, "skeleton-bob": 2_500}
 
 
-async def test_the_worker_logs_each_outcome_as_json_with_the_payment_ids(service: Service) -> None:
+async def test_the_worker_logs_each_failed_payment_as_json_with_the_payment_ids(service: Service) -> None:
     driver = service.driver
     await driver.open_account("log-alice")
     await driver.open_account("log-bob")
