@@ -1,7 +1,8 @@
 """The HTTP surface on Faust's web server: metrics, health, payments and accounts.
 
 Reads of table state are routed to the worker that owns the key (`table_route`); so is
-POST /v1/payments (`routing_http`), whose answer depends on the payments table.
+POST /v1/payments (`routing_http`), whose answer depends on the payments table, and on
+the intake's key registry (a key first used by a refund is refused with 409 at once).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,6 +23,7 @@ from agents.runtime import Runtime
 from infra.topics import PAYMENT_COMMANDS
 from models.codec import dumps, field_errors, loads
 from models.commands import RequestPayment
+from models.intake import KeyUse, is_reuse, reuse_detail
 from models.payment import PaymentRecord, payment_id_for
 
 STATEMENT_PAGE_MAX = 500
@@ -27,6 +31,9 @@ STATEMENT_PAGE_MAX = 500
 # command goes through the intake agent first), so that a repeat sees the record.
 RECORD_WAIT_SECONDS = 5.0
 RECORD_POLL_SECONDS = 0.01
+# The intake's record of a key, answered by the worker holding the key's partition.
+KEY_USE_PATH = "/internal/idempotency-keys"
+KEY_USE_TIMEOUT_SECONDS = 2.0
 
 
 def payment_view(record: PaymentRecord) -> dict[str, Any]:
@@ -89,8 +96,27 @@ async def await_record(runtime: Runtime, payment_id: str) -> PaymentRecord | Non
     return record
 
 
-async def decide_on_owner(runtime: Runtime, in_flight: KeyedLocks, command: RequestPayment,
-                          payment_id: str) -> tuple[int, dict[str, Any]]:
+async def first_use(app: faust.App, runtime: Runtime, key: str) -> KeyUse | None:
+    """What the key was first used for, from the intake's registry on whichever worker
+    holds its partition. None when unknown, or when no answer comes now: the intake still
+    refuses a reuse on the command topic, so this check only makes the answer quicker."""
+    try:
+        owner = owner_of(app, runtime.idempotency_keys.table, key)
+    except OwnerUnknown:
+        return None
+    if owner is None:
+        return runtime.idempotency_keys.get(key)
+    url = owner.with_path(f"{KEY_USE_PATH}/{quote(key, safe='')}")
+    try:
+        async with app.http_client.get(
+                url, timeout=aiohttp.ClientTimeout(total=KEY_USE_TIMEOUT_SECONDS)) as response:
+            return KeyUse.model_validate_json(await response.read()) if response.status == 200 else None
+    except (TimeoutError, aiohttp.ClientError, ValidationError):
+        return None
+
+
+async def decide_on_owner(app: faust.App, runtime: Runtime, in_flight: KeyedLocks,
+                          command: RequestPayment, payment_id: str) -> tuple[int, dict[str, Any]]:
     """On the worker owning the payment's partition, so its table is the one that counts.
 
     POSTs of one payment go one at a time, and the first waits for the record it caused:
@@ -99,6 +125,9 @@ async def decide_on_owner(runtime: Runtime, in_flight: KeyedLocks, command: Requ
         known = runtime.payments.get(payment_id)
         if known is not None:
             return known_payment_answer(known, command, 200)
+        first = await first_use(app, runtime, command.idempotency_key)
+        if first is not None and is_reuse(first, command):  # e.g. the key names a refund
+            return 409, {"error": reuse_detail(command.idempotency_key, first), "payment_id": payment_id}
         topic = runtime.outlet.topic(PAYMENT_COMMANDS)
         await (await topic.send(key=command.idempotency_key.encode(), value=dumps(command)))
         record = await await_record(runtime, payment_id)
@@ -125,6 +154,14 @@ def install(app: faust.App, runtime: Runtime) -> None:
     async def healthz(web: Any, request: Request) -> Response:
         status = 200 if ready(app) else 503
         return web.json({"ready": status == 200, "recovering": bool(app.in_recovery)}, status=status)
+
+    @app.page(KEY_USE_PATH + "/{key}")
+    @app.table_route(table=runtime.idempotency_keys.table, match_info="key")
+    async def key_use(web: Any, request: Request, key: str) -> Response:
+        use = runtime.idempotency_keys.get(key)
+        if use is None:
+            return web.json({"error": f"idempotency key {key!r} not registered"}, status=404)
+        return web.json(use.model_dump(mode="json"))
 
     @app.page("/v1/payments/{payment_id}")
     @app.table_route(table=payments_table, match_info="payment_id")
@@ -175,5 +212,5 @@ def install(app: faust.App, runtime: Runtime) -> None:
                 return unavailable(self, str(error))
             if owner is not None:
                 return await forward(self, request, raw, owner)
-            status, answer = await decide_on_owner(runtime, in_flight, command, payment_id)
+            status, answer = await decide_on_owner(app, runtime, in_flight, command, payment_id)
             return self.json(answer, status=status)

@@ -46,9 +46,18 @@ def key_conflict(first: KeyUse, command: PaymentCommand, origin: Origin) -> Comm
         command_type=command.type,
         idempotency_key=key,
         reason=RejectionReason.IDEMPOTENCY_CONFLICT,
-        detail=(f"idempotency key {key!r} was used before with a different payload: "
-                f"first for {first.command_type} / payment {first.payment_id}"),
+        detail=reuse_detail(key, first),
     )
+
+
+def is_reuse(first: KeyUse | None, command: PaymentCommand) -> bool:
+    """The key was first used for another command than this one."""
+    return first is not None and first != key_use(command)
+
+
+def reuse_detail(key: str, first: KeyUse) -> str:
+    return (f"idempotency key {key!r} was used before with a different payload: "
+            f"first for {first.command_type} / payment {first.payment_id}")
 
 
 def screen_key(first: KeyUse | None, command: PaymentCommand, origin: Origin
@@ -57,7 +66,6 @@ def screen_key(first: KeyUse | None, command: PaymentCommand, origin: Origin
 
     A fresh key returns the use to register; a repeat of the first command returns the
     registered use (the owner answers a repeat with the outcome it recorded)."""
-    use = key_use(command)
-    if first is None or first == use:
-        return use
-    return key_conflict(first, command, origin)
+    if first is not None and is_reuse(first, command):
+        return key_conflict(first, command, origin)
+    return key_use(command)

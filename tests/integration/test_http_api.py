@@ -315,3 +315,26 @@ async def test_with_two_workers_either_worker_answers_for_any_payment(service: S
         assert len(driver.outcomes()[payment_id_for(key)]) == 1
         assert await postings_of(service, payment_id_for(key)) == [("http-2w-a", -10), ("http-2w-b", 10)]
     assert wrong == []
+
+
+async def test_a_key_first_used_by_a_refund_gets_409_at_once(service: Service) -> None:
+    """The key names a refund: the intake would refuse a payment under it (on the topic, as
+    idempotency_conflict), so the POST answers 409 naming the first use, and sends nothing."""
+    driver = service.driver
+    await open_accounts(service, "http-rk-a", "http-rk-b")
+    await fund(service, "http-fund-rk", "http-rk-a", 10_000)
+    await driver.pay("http-rk-pay", "http-rk-a", "http-rk-b", 500)
+    paid = payment_id_for("http-rk-pay")
+    await outcome(driver, paid)
+    await driver.refund("http-rk-refund", paid, 100)
+    await driver.wait_for(
+        lambda: bool(events_about(driver, "PaymentRefunded", idempotency_key="http-rk-refund")),
+        timeout_seconds=20, what="the refund")
+
+    status, answer = await post_payment(service, "http-rk-refund", body("http-rk-a", "http-rk-b", 100))
+
+    assert status == 409, answer
+    assert "RefundPayment" in answer["error"] and paid in answer["error"], answer
+    await quiet()
+    assert events_about(driver, "CommandRejected", idempotency_key="http-rk-refund") == []  # nothing sent
+    assert (await payment_view(service, payment_id_for("http-rk-refund")))[0] == 404
