@@ -135,14 +135,6 @@ class Outlet:
     def __init__(self, app: faust.App, partitions: int) -> None:
         self.app = app
         self.partitions = partitions
-        self._topics: dict[str, faust.TopicT] = {}
-
-    def topic(self, name: str) -> faust.TopicT:
-        if name not in self._topics:
-            self._topics[name] = self.app.topic(
-                name, key_serializer="raw", value_serializer="raw", internal=False
-            )
-        return self._topics[name]
 
     async def send(self, outputs: Iterable[Output]) -> None:
         pending, dispatches = [], []

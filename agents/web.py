@@ -128,8 +128,10 @@ async def decide_on_owner(app: faust.App, runtime: Runtime, in_flight: KeyedLock
         first = await first_use(app, runtime, command.idempotency_key)
         if first is not None and is_reuse(first, command):  # e.g. the key names a refund
             return 409, {"error": reuse_detail(command.idempotency_key, first), "payment_id": payment_id}
-        topic = runtime.outlet.topic(PAYMENT_COMMANDS)
-        await (await topic.send(key=command.idempotency_key.encode(), value=dumps(command)))
+        # Awaited here, not through `confirm`: a send that fails answers this request with an
+        # error; it is no reason to stop the worker.
+        await (await runtime.outlet.produce(PAYMENT_COMMANDS, command.idempotency_key.encode(),
+                                            dumps(command)))
         record = await await_record(runtime, payment_id)
         if record is None:
             # Accepted all the same: the command is durably on the topic and will be

@@ -19,9 +19,9 @@ from infra.topics import changelog_topic
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-# Parsed values kept per table, most recently used first: an account is read for every
-# step about it, and a payment a few times within seconds; parsing its JSON each time was
-# a visible share of the worker's CPU.
+# Parsed values kept per table (the least recently used go first): an account is read for
+# every step about it, and a payment a few times within seconds; parsing its JSON each time
+# was a visible share of the worker's CPU.
 PARSED_KEPT = 4096
 
 
