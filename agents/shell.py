@@ -24,6 +24,7 @@ from faust.types import EventT
 from pydantic import BaseModel, TypeAdapter
 
 from infra.delivery import confirm
+from infra.logs import payment_context
 from infra.topics import ACCOUNT_STEPS, DEAD_LETTER, LEDGER_STEPS, PAYMENT_STEPS, PSP_STEPS
 from models.codec import STEPS_PER_MESSAGE_MAX, dumps, encode_steps, event_headers, split_steps
 from models.events import Event
@@ -116,13 +117,19 @@ ItemT = TypeVar("ItemT", EventT, Delivery)  # what an agent handles: a message, 
 
 
 def deliveries(events: Iterable[EventT]) -> list[Delivery]:
-    """The steps of a batch of step-topic messages, in order."""
+    """The steps of a batch of step-topic messages, in order. At DEBUG each is logged with
+    its payment and position: the trace that shows where a payment's chain of steps stops."""
     found = []
+    trace = log.isEnabledFor(logging.DEBUG)
     for event in events:
         at = origin_of(event)
         for index, (key, body) in enumerate(split_steps(event.message.value, event.message.key)):
             origin = at.model_copy(update={"index": index}) if index else at
             found.append(Delivery(event, str(key), origin, body))
+            if trace and isinstance(body, dict):
+                payment_id = body.get("payment_id")
+                log.debug("step %s for %s at %s", body.get("kind"), key, origin.place,
+                          extra=payment_context(payment_id) if isinstance(payment_id, str) else None)
     return found
 
 

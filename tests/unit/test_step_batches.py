@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,3 +110,14 @@ def test_an_account_applies_both_steps_of_one_message_and_neither_twice() -> Non
     assert state is not None and state.posted == 70
     assert react(state, first, FROM_LEDGER) == (None, [])  # redelivered: already applied
     assert react(state, second, FROM_LEDGER) == (None, [])
+
+
+def test_at_debug_each_step_received_is_traced_with_its_payment(caplog: pytest.LogCaptureFixture) -> None:
+    answer = PspAnswered(origin=FROM_LEDGER, payment_id="pay-7", result="declined")
+    value = encode_steps([("alice", posting("alice", 5)), ("pay-7", answer)])
+    with caplog.at_level(logging.DEBUG, logger="agents.shell"):
+        deliveries([message(ACCOUNT_STEPS, 3, 12, b"alice", value)])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"step ApplyPosting for alice at {ACCOUNT_STEPS}#3:12",
+        f"step PspAnswered for pay-7 at {ACCOUNT_STEPS}#3:12.1"]
+    assert getattr(caplog.records[1], "payment_id", None) == "pay-7"
