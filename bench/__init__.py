@@ -40,6 +40,12 @@ def transfers(workload: str, accounts: Sequence[str], *, seed: int) -> Iterator[
         yield Transfer(debtor, creditor, draw.randint(1, 10_000))
 
 
+def check_worker_counts(counts: Sequence[int]) -> None:
+    """The service is measured at each count in turn, workers joining the running ones."""
+    if not counts or list(counts) != sorted(set(counts)) or counts[0] < 1:
+        raise ValueError(f"worker counts must be increasing and at least 1, not {list(counts)}")
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     """Nearest-rank percentile (share in 0..1) of unsorted values; 0.0 for none."""
     if not values:

@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import WORKLOADS, account_ids, classic, report, transfers
+from bench import WORKLOADS, account_ids, check_worker_counts, classic, report, transfers
 from bench.ledger_writer import BATCH_SIZES, measure_ledger_writer
 from bench.service import Outcomes, ServiceBench, WorkerProbe
 from infra.database import create_database, drop_database
@@ -65,8 +65,7 @@ def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | 
     """Measure, print, write `output` (default: PAYMENTS_DATA_DIR/bench-results.json); 0 when valid."""
     if payments < 1:
         raise ValueError("payments must be at least 1")
-    if not worker_counts or list(worker_counts) != sorted(set(worker_counts)) or worker_counts[0] < 1:
-        raise ValueError(f"worker counts must be increasing and at least 1, not {list(worker_counts)}")
+    check_worker_counts(worker_counts)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=settings.data_dir))
     output = output or settings.data_dir / "bench-results.json"

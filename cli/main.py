@@ -96,12 +96,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _counts(text: str) -> tuple[int, ...]:
+    from bench import check_worker_counts  # light: the workloads only
+
     try:
         counts = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated worker counts, not {text!r}") from None
-    if any(count < 1 for count in counts) or list(counts) != sorted(set(counts)):
-        raise argparse.ArgumentTypeError(f"worker counts must be increasing and at least 1, not {text!r}")
+    try:
+        check_worker_counts(counts)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
     return counts
 
 

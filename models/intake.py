@@ -50,9 +50,9 @@ def key_conflict(first: KeyUse, command: PaymentCommand, origin: Origin) -> Comm
     )
 
 
-def is_reuse(first: KeyUse | None, command: PaymentCommand) -> bool:
+def is_reuse(first: KeyUse, command: PaymentCommand) -> bool:
     """The key was first used for another command than this one."""
-    return first is not None and first != key_use(command)
+    return first != key_use(command)
 
 
 def reuse_detail(key: str, first: KeyUse) -> str:
