@@ -32,7 +32,7 @@ from functools import partial
 import faust
 
 from agents.runtime import Runtime
-from agents.shell import Delivery, batches, deliveries
+from agents.shell import Delivery, Outlet, batches, deliveries
 from infra.crash import crash_point
 from infra.logs import payment_context
 from infra.topics import PSP_STEPS
@@ -86,6 +86,52 @@ def partition_of(record: PspOutcomeRecord) -> int:
     return record.requested_at.partition
 
 
+class Answers:
+    """Provider answers on their way to the PSP-steps topic, sent together.
+
+    Calls started by one batch of requests end at about the same time; sent one by one,
+    each answer was a message, a wait for the broker, and a handling of its own at the
+    receiving end. Answers queued while a send is under way go in the next one."""
+
+    def __init__(self, outlet: Outlet) -> None:
+        self.outlet = outlet
+        self.queued: list[tuple[PspAnswered, asyncio.Future[None]]] = []
+        self.sending: asyncio.Task[None] | None = None
+
+    async def send(self, answer: PspAnswered) -> None:
+        """Returns once the broker has acknowledged the answer."""
+        sent = asyncio.get_running_loop().create_future()
+        self.queued.append((answer, sent))
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.create_task(self._send_queued(), name="psp answers")
+        await sent
+
+    async def _send_queued(self) -> None:
+        await asyncio.sleep(0)  # the calls ending in this turn of the loop go along
+        while self.queued:
+            batch, self.queued = self.queued, []
+            try:
+                await self.outlet.send(Dispatch("psp", answer.payment_id, answer) for answer, _ in batch)
+            except asyncio.CancelledError:  # the worker stops: no call is left waiting
+                for _, sent in batch + self.queued:
+                    sent.cancel()
+                raise
+            except Exception as error:  # noqa: BLE001 - each call sees it, as if it had sent alone
+                settle(batch, error)
+            else:
+                settle(batch, None)
+
+
+def settle(batch: list[tuple[PspAnswered, asyncio.Future[None]]], error: Exception | None) -> None:
+    for _, sent in batch:
+        if sent.done():  # its call was cancelled
+            continue
+        if error is None:
+            sent.set_result(None)
+        else:
+            sent.set_exception(error)
+
+
 class Calls:
     """The provider calls of this worker: at most one per payment, at most CALLS_MAX.
 
@@ -95,6 +141,7 @@ class Calls:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.answers = Answers(runtime.outlet)
         self.running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # payment id -> (partition, call)
         self.in_flight: dict[str, int] = {}  # payment id -> partition
         self.voids: set[asyncio.Task[None]] = set()
@@ -118,7 +165,7 @@ class Calls:
     async def _call(self, record: PspOutcomeRecord) -> None:
         answer = await call_provider(self.runtime, record)
         crash_point("psp.after_capture")  # answered, nothing sent: the holder calls again
-        await self.runtime.outlet.send([Dispatch("psp", record.payment_id, answer)])
+        await self.answers.send(answer)
         # Acknowledged, so the partition's owner will read it: no reason to call again.
         self.in_flight.pop(record.payment_id, None)
 

@@ -124,7 +124,8 @@ def follow_ups(step: LedgerStep, entry: JournalEntry, event: Event, origin: Orig
             return [leg(p.debtor_account_id, -p.amount, step.reservation_id),
                     leg(p.creditor_account_id, p.amount),
                     Dispatch("payment", step.payment_id,
-                             PaymentPosted(origin=origin, payment_id=step.payment_id, event=event))]
+                             PaymentPosted(origin=origin, payment_id=step.payment_id, event=event,
+                                           authorized_at=step.authorized_at))]
         case PostFunding():
             return [leg(step.command.account_id, step.command.amount)]
         case PostRefund():

@@ -96,8 +96,9 @@ class PaymentRecord(BaseModel):
     def refundable(self) -> int:
         return self.request.amount - self.refunded_total - self.refund_pending
 
-    def noted(self, step: str, note: str | None = None, **changes: object) -> PaymentRecord:
-        entry = HistoryEntry(step=step, at=now(), detail=note)
+    def noted(self, step: str, note: str | None = None, *, at: datetime | None = None,
+              **changes: object) -> PaymentRecord:
+        entry = HistoryEntry(step=step, at=at or now(), detail=note)
         return self.model_copy(update={**changes, "history": (*self.history, entry)})
 
 
@@ -183,6 +184,8 @@ def step_failed(record: PaymentRecord, step: PaymentStepFailed) -> tuple[Payment
 def posted(record: PaymentRecord, step: PaymentPosted) -> PaymentRecord:
     if record.outcome is not None:
         return record
+    if step.authorized_at is not None and record.psp_reference is None:
+        record = record.noted("authorized", at=step.authorized_at, psp_reference=step.event.psp_reference)
     return record.noted("captured", status="captured", outcome=step.event,
                         psp_reference=step.event.psp_reference)
 

@@ -20,7 +20,6 @@ from models.payment import payment_facts
 from models.steps import (
     AuthorizePayment,
     Origin,
-    PaymentAuthorizedStep,
     PostCapture,
     PspAnswered,
     ReleaseFunds,
@@ -98,13 +97,13 @@ def approved(step: AuthorizePayment, psp_reference: str, origin: Origin) -> list
         event_id=event_id_for(step.payment_id, "PaymentAuthorized"),
         **payment_facts(step.payment_id, step.payment), psp_reference=psp_reference,
     )
+    # The payment owner hears of the approval with the posting (PaymentPosted carries
+    # `authorized_at`): a step of its own would cost it a handling and a record write.
     return [
         Publish(authorized),
-        Dispatch("payment", step.payment_id, PaymentAuthorizedStep(
-            origin=origin, payment_id=step.payment_id, psp_reference=psp_reference)),
         Dispatch("ledger", step.payment_id, PostCapture(
             origin=origin, payment_id=step.payment_id, reservation_id=step.reservation_id,
-            psp_reference=psp_reference, payment=step.payment)),
+            psp_reference=psp_reference, payment=step.payment, authorized_at=authorized.occurred_at)),
     ]
 
 

@@ -12,6 +12,7 @@ then shared by its steps, and `Origin.index` tells them apart.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,6 +79,10 @@ class PaymentStepFailed(Step):
 
 
 class PaymentAuthorizedStep(Step):
+    """Sent by earlier versions between the provider's approval and the posting; still
+    read, so that steps in flight across an upgrade are not dead-lettered. The approval
+    now reaches the payment with its posting (`PaymentPosted.authorized_at`)."""
+
     kind: Literal["PaymentAuthorizedStep"] = "PaymentAuthorizedStep"
     payment_id: str
     psp_reference: str
@@ -87,6 +92,7 @@ class PaymentPosted(Step):
     kind: Literal["PaymentPosted"] = "PaymentPosted"
     payment_id: str
     event: PaymentCaptured
+    authorized_at: datetime | None = None  # when the provider approved (None: sent by an earlier version)
 
 
 class RefundPosted(Step):
@@ -211,6 +217,7 @@ class PostCapture(Step):
     reservation_id: str
     psp_reference: str
     payment: RequestPayment
+    authorized_at: datetime | None = None  # passed on to the payment with its posting
 
 
 class PostFunding(Step):

@@ -212,7 +212,6 @@ async def test_a_late_approval_after_compensation_moves_no_money(service: Servic
     assert not [e for e in driver.of("PaymentAuthorized") if e["payment_id"] == payment_id]
     assert dead_letters(service) == dead_before
     assert await steps_about(service, LEDGER_STEPS, payment_id) == []  # no PostCapture
-    assert await steps_about(service, PAYMENT_STEPS, payment_id, "PaymentAuthorizedStep") == []
     assert len(await steps_about(service, ACCOUNT_STEPS, debtor, "ReleaseFunds")) == 1
     assert await postings_of(service, payment_id) == []
     await account_settles(service, debtor, 5_000)
@@ -260,7 +259,7 @@ async def test_a_repeated_or_contradicting_answer_after_the_capture_changes_noth
     assert published_about(service, payment_id) == published_before
     assert dead_letters(service) == dead_before
     assert len(await steps_about(service, LEDGER_STEPS, payment_id, "PostCapture")) == 1
-    assert len(await steps_about(service, PAYMENT_STEPS, payment_id, "PaymentAuthorizedStep")) == 1
+    assert len(await steps_about(service, PAYMENT_STEPS, payment_id, "PaymentPosted")) == 1
     assert await steps_about(service, ACCOUNT_STEPS, debtor, "ReleaseFunds") == []
     assert await postings_of(service, payment_id) == [(debtor, -1_234), (creditor, 1_234)]
     assert await transactions_of(service, payment_id) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -58,6 +59,7 @@ def capture_step(amount: int = 1000) -> PostCapture:
         reservation_id=PAYMENT_ID,
         psp_reference="psp-1",
         payment=request(amount),
+        authorized_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
 
 
@@ -235,6 +237,7 @@ def test_capture_follow_ups_settle_the_debtor_credit_the_creditor_and_tell_the_p
     news = outputs[-1]
     assert isinstance(news, Dispatch) and (news.route, news.key) == ("payment", PAYMENT_ID)
     assert isinstance(news.step, PaymentPosted) and news.step.event == event
+    assert news.step.authorized_at == step.authorized_at  # the approval reaches the payment with it
 
 
 def test_follow_ups_carry_the_origin_and_transaction_of_the_first_write() -> None:

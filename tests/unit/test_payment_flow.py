@@ -247,6 +247,26 @@ def test_posted_records_the_capture() -> None:
     assert isinstance(record.outcome, PaymentCaptured)
 
 
+def test_a_posting_with_its_approval_time_notes_the_authorization_then_the_capture() -> None:
+    record, _ = submitted()
+    approved_at = record.history[-1].at + timedelta(milliseconds=5)
+    step = PaymentPosted(origin=ORIGIN, payment_id=PAYMENT_ID, event=captured_event(record),
+                         authorized_at=approved_at)
+    done = posted(record, step)
+    assert [(h.step, h.at) for h in done.history][-2:] == [
+        ("authorized", approved_at), ("captured", done.history[-1].at)]
+    assert (done.status, done.psp_reference) == ("captured", "psp-1")
+
+
+def test_a_posting_after_a_separate_authorization_step_notes_it_once() -> None:
+    record, _ = submitted()
+    record = payment.authorized(record, PaymentAuthorizedStep(origin=ORIGIN, payment_id=PAYMENT_ID,
+                                                              psp_reference="psp-1"))
+    step = PaymentPosted(origin=ORIGIN, payment_id=PAYMENT_ID, event=captured_event(record),
+                         authorized_at=record.history[-1].at)
+    assert [h.step for h in posted(record, step).history] == ["initiated", "authorized", "captured"]
+
+
 def test_posted_twice_keeps_the_first_capture() -> None:
     record = captured()
     later = record.outcome.model_copy(update={"psp_reference": "other"})  # type: ignore[union-attr]
@@ -270,12 +290,12 @@ def authorize_step() -> AuthorizePayment:
 
 
 def test_psp_approval_publishes_authorized_and_posts_the_capture() -> None:
-    authorized, to_payment, to_ledger = approved(authorize_step(), "psp-1", ORIGIN)
+    authorized, to_ledger = approved(authorize_step(), "psp-1", ORIGIN)
     assert isinstance(authorized, Publish) and isinstance(authorized.event, PaymentAuthorized)
-    assert isinstance(to_payment, Dispatch) and isinstance(to_payment.step, PaymentAuthorizedStep)
     assert isinstance(to_ledger, Dispatch) and (to_ledger.route, to_ledger.key) == ("ledger", PAYMENT_ID)
     assert isinstance(to_ledger.step, PostCapture)
     assert (to_ledger.step.reservation_id, to_ledger.step.psp_reference) == (PAYMENT_ID, "psp-1")
+    assert to_ledger.step.authorized_at == authorized.event.occurred_at  # goes on with the posting
 
 
 def test_psp_refusal_releases_the_debtors_hold() -> None:

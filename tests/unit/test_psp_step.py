@@ -5,10 +5,12 @@ of their partition."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from agents.psp import Calls
@@ -22,7 +24,6 @@ from models.routing import PSP_STEP
 from models.steps import (
     AuthorizePayment,
     Origin,
-    PaymentAuthorizedStep,
     PostCapture,
     PspAnswered,
     ReleaseFunds,
@@ -91,16 +92,15 @@ def test_an_outcome_recorded_before_calls_ran_in_the_background_still_answers_a_
         f'{{"payment_id":"{PAYMENT_ID}","result":"approved","psp_reference":"sim_1","detail":null}}')
     decision = on_request(old, authorize(), REQUESTED_AT)
     assert [type(o.step if isinstance(o, Dispatch) else o.event) for o in decision.outputs] == [
-        PaymentAuthorized, PaymentAuthorizedStep, PostCapture]
+        PaymentAuthorized, PostCapture]
 
 
 def test_an_approval_is_recorded_and_sent_on_from_the_answers_position() -> None:
     decision = on_answer(in_flight(), answer("approved", psp_reference="sim_1"), ANSWERED_AT)
     assert decision.record == PspOutcomeRecord(payment_id=PAYMENT_ID, result="approved",
                                                psp_reference="sim_1")
-    authorized, to_payment, to_ledger = decision.outputs
+    authorized, to_ledger = decision.outputs
     assert isinstance(authorized, Publish) and isinstance(authorized.event, PaymentAuthorized)
-    assert isinstance(to_payment, Dispatch) and to_payment.step.origin == ANSWERED_AT
     assert isinstance(to_ledger, Dispatch) and isinstance(to_ledger.step, PostCapture)
     assert (to_ledger.step.psp_reference, to_ledger.step.origin) == ("sim_1", ANSWERED_AT)
 
@@ -159,8 +159,13 @@ class FakeTable:
 @dataclass
 class FakeOutlet:
     sent: list[Output] = field(default_factory=list)
+    sends: int = 0
+    failing: int = 0  # sends that fail first
 
-    async def send(self, outputs: list[Output]) -> None:
+    async def send(self, outputs: Iterable[Output]) -> None:
+        self.sends += 1
+        if self.sends <= self.failing:
+            raise KafkaTimeoutError()
         self.sent.extend(outputs)
 
 
@@ -218,6 +223,33 @@ async def test_a_silent_provider_holds_up_nobody_and_its_answer_comes_back_later
     assert (gave_up.payment_id, gave_up.result, gave_up.origin) == ("pay-silent", "gave_up", REQUESTED_AT)
     assert calls.in_flight == {} and runtime.psp.voided == {"pay-silent": None}.keys()
     assert runtime.metrics.psp_requests.labels("error")._value.get() == 1
+
+
+async def test_answers_of_calls_ending_together_go_in_one_send() -> None:
+    runtime = FakeRuntime()
+    calls = calls_of(runtime)
+    records = [in_flight(f"pay-{n}") for n in range(5)]
+    for record in records:
+        runtime.psp_outcomes.put(record)
+        await calls.start(record)
+    await settled(calls)
+    assert sorted(a.payment_id for a in answers(runtime)) == [r.payment_id for r in records]
+    assert runtime.outlet.sends == 1 and calls.in_flight == {}
+
+
+async def test_answers_whose_send_failed_are_sent_again_by_their_calls() -> None:
+    runtime = FakeRuntime(outlet=FakeOutlet(failing=1))
+    calls = calls_of(runtime)
+    records = [in_flight(f"pay-{n}") for n in range(3)]
+    for record in records:
+        runtime.psp_outcomes.put(record)
+        await calls.start(record)
+    await settled(calls)
+    assert answers(runtime) == [] and sorted(calls.in_flight) == [r.payment_id for r in records]
+    await calls.check({3})
+    await settled(calls)
+    assert sorted(a.payment_id for a in answers(runtime)) == [r.payment_id for r in records]
+    assert runtime.outlet.sends == 2 and calls.in_flight == {}
 
 
 async def test_a_payment_has_one_call_at_a_time() -> None:
