@@ -3,20 +3,26 @@
 A partition can stall after a rebalance: Faust drops the events queued for its streams,
 and when its seek back to the committed offset fails ("exception performing seek when
 flow not active") the consumer goes on from where it had read, so the dropped events
-are never delivered and the committed offset can never move again. A partition whose
-committed offset has not moved for STALL_SECONDS while events wait is sought back to
-its committed offset: the events are read again (repeats are harmless: every handler is
-idempotent) and the flow resumes. Each such repair is logged.
+are never delivered and the committed offset can never move again; or a partition paused
+while its stream buffer was full is never resumed. A partition whose committed offset
+has not moved for STALL_SECONDS while messages wait, and of which this worker holds no
+message in hand, is sought back to its committed offset: the messages are read again
+(repeats are harmless: every handler is idempotent) and the flow resumes. Each such
+repair is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
+from faust.types.transports import ConsumerT
 
 from agents.runtime import Runtime
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEP_TOPICS
@@ -24,7 +30,18 @@ from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEP_TOPICS
 log = logging.getLogger(__name__)
 
 WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, *STEP_TOPICS})
-STALL_SECONDS = 30.0
+# Short: a partition is only repaired when no message of it is in hand (a batch held up by
+# a database outage is busy, not stalled), and every second a stall lasts, payments wait.
+STALL_SECONDS = 5.0
+POSITION_WAIT_SECONDS = 1.0
+
+
+def waiting(committed: int, end: int | None, fetched: int | None) -> int:
+    """Messages past the committed offset. The embedded broker reports a partition's end
+    as the base offset of its last record batch plus one, so the messages of a last batch
+    holding several can be missing from it; the consumer cannot have fetched past messages
+    that do not exist."""
+    return max(0, max(end or 0, fetched or 0) - committed)
 
 
 @dataclass
@@ -41,6 +58,24 @@ class Progress:
         return now - previous[1]
 
 
+async def fetch_position(consumer: ConsumerT, tp: TP) -> int | None:
+    """The offset the consumer fetches next; None while it has none (it waits for one)."""
+    try:
+        async with asyncio.timeout(POSITION_WAIT_SECONDS):
+            return await consumer.position(tp)
+    except (IllegalStateError, TimeoutError):  # no longer assigned, or no position yet
+        return None
+
+
+def in_hand(consumer: ConsumerT, tp: TP) -> bool:
+    """Whether a message of `tp` was delivered to a stream and not acknowledged yet: then
+    its agent is busy with it (or will be), and seeking back would only read it twice.
+    Collected first: the events Faust drops in a rebalance can linger in reference cycles."""
+    gc.collect()
+    return any(message.tp == tp and not message.acked
+               for message in list(consumer._unacked_messages))  # noqa: SLF001 - no public view
+
+
 def install(app: faust.App, runtime: Runtime) -> None:
     progress = Progress()
     metrics = runtime.metrics
@@ -50,15 +85,16 @@ def install(app: faust.App, runtime: Runtime) -> None:
         consumer = app.consumer
         partitions = [tp for tp in consumer.assignment() if tp.topic in WATCHED_TOPICS]
         if not partitions or app.rebalancing:
+            progress.seen.clear()  # a stall is timed from a settled assignment
             return
         highwaters = await consumer.highwaters(*partitions)
         now = time.monotonic()
         for tp in partitions:
             committed = consumer._committed_offset.get(tp) or 0  # noqa: SLF001 - no public view
-            lag = max(0, (highwaters.get(tp) or 0) - committed)
+            lag = waiting(committed, highwaters.get(tp), await fetch_position(consumer, tp))
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
             stalled = progress.stalled_for(tp, committed, now) if lag else 0.0
-            if stalled >= STALL_SECONDS:
+            if stalled >= STALL_SECONDS and not in_hand(consumer, tp):
                 log.error("partition %s has %d messages waiting and its offset has not moved for %.0fs "
                           "(committed %s, read %s): reading it again from the committed offset",
                           tp, lag, stalled, committed, consumer._read_offset.get(tp))  # noqa: SLF001
