@@ -47,12 +47,13 @@ STEP_BATCH = "StepBatch"
 
 
 def encode_steps(steps: Sequence[tuple[str, BaseModel]]) -> bytes:
-    """One message for several steps (key, step) bound for one partition of a step topic.
+    """One message for several steps (key, step) bound for one partition of a step topic:
+    `{"kind": "StepBatch", "steps": [{"key": ..., "step": ...}, ...]}`.
 
     Internal topics carry batches because the broker and the Kafka clients spend far more
     per message than the handlers spend per step. Public topics keep one event per message."""
-    return orjson.dumps({"kind": STEP_BATCH, "steps": [
-        {"key": key, "step": step.model_dump(mode="json")} for key, step in steps]})
+    items = b",".join(b'{"key":%b,"step":%b}' % (orjson.dumps(key), dumps(step)) for key, step in steps)
+    return b'{"kind":"%b","steps":[%b]}' % (STEP_BATCH.encode(), items)
 
 
 def split_steps(raw: bytes | None, key: bytes | None) -> list[tuple[str, Any]]:
@@ -72,8 +73,10 @@ def split_steps(raw: bytes | None, key: bytes | None) -> list[tuple[str, Any]]:
 
 
 def dumps(value: Any) -> bytes:
+    """Compact JSON. A model is written by its own serializer, straight to bytes: the same
+    bytes as dumping it to a dict and that to JSON, in half the time."""
     if isinstance(value, BaseModel):
-        return orjson.dumps(value.model_dump(mode="json"))
+        return value.__pydantic_serializer__.to_json(value)
     return orjson.dumps(value)
 
 

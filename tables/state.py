@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from infra.delivery import confirm
 from infra.topics import changelog_topic
+from models.codec import dumps
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -79,7 +80,7 @@ class StateTable(Generic[ModelT]):
         record batch plus one, so a multi-record batch at the tail would be cut off by a
         recovery that reads "up to the end offset"; a single-record batch at the tail keeps
         that end offset exact. (Apache Kafka reports it exactly either way.)"""
-        encoded = {key.encode(): (partition, model.model_dump_json().encode(), model)
+        encoded = {key.encode(): (partition, dumps(model), model)
                    for key, (partition, model) in writes.items()}
         last_of_partition = {partition: key for key, (partition, _, _) in encoded.items()}
         tails = set(last_of_partition.values())
