@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -122,6 +122,16 @@ class Consumer(faust_aiokafka.Consumer):
         await super().seek(partition, offset)
         self._expected[partition] = offset
         self._jumps.pop(partition, None)
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """Table recovery positions each changelog partition this way, at the offset it read
+        last. Records from there on are the expected ones; without this, the first of them
+        looked like a jump from the partition's start, and every rebalance re-read every
+        changelog from offset 0."""
+        await super().seek_wait(partitions)
+        for tp, offset in partitions.items():
+            self._expected[tp] = offset
+            self._jumps.pop(tp, None)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
