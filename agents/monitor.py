@@ -5,8 +5,8 @@ and when its seek back to the committed offset fails ("exception performing seek
 flow not active") the consumer goes on from where it had read, so the dropped events
 are never delivered and the committed offset can never move again; or a partition paused
 while its stream buffer was full is never resumed. A partition whose committed offset
-has not moved for STALL_SECONDS while messages wait, and of which this worker holds no
-message in hand, is sought back to its committed offset: the messages are read again
+has not moved for STALL_SECONDS while messages wait or while it is not fetched, and of
+which this worker holds no message in hand, is resumed and sought back to its committed offset: the messages are read again
 (repeats are harmless: every handler is idempotent) and the flow resumes. Each such
 repair is logged.
 """
@@ -67,6 +67,14 @@ async def fetch_position(consumer: ConsumerT, tp: TP) -> int | None:
         return None
 
 
+def is_fetched(consumer: ConsumerT, tp: TP) -> bool:
+    """Whether the consumer fetches `tp`. Faust stops fetching a partition while a rebalance
+    runs and while its stream buffer is full; the messages of a last record batch can be
+    missing from the broker's end offset, so a partition left paused can look idle."""
+    active = consumer._active_partitions  # noqa: SLF001 - no public view
+    return tp not in consumer._paused_partitions and (active is None or tp in active)  # noqa: SLF001
+
+
 def in_hand(consumer: ConsumerT, tp: TP) -> bool:
     """Whether a message of `tp` was delivered to a stream and not acknowledged yet: then
     its agent is busy with it (or will be), and seeking back would only read it twice.
@@ -93,11 +101,13 @@ def install(app: faust.App, runtime: Runtime) -> None:
             committed = consumer._committed_offset.get(tp) or 0  # noqa: SLF001 - no public view
             lag = waiting(committed, highwaters.get(tp), await fetch_position(consumer, tp))
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-            stalled = progress.stalled_for(tp, committed, now) if lag else 0.0
+            fetched = is_fetched(consumer, tp)
+            stalled = progress.stalled_for(tp, committed, now) if lag or not fetched else 0.0
             if stalled >= STALL_SECONDS and not in_hand(consumer, tp):
-                log.error("partition %s has %d messages waiting and its offset has not moved for %.0fs "
+                log.error("partition %s has %d messages waiting%s and its offset has not moved for %.0fs "
                           "(committed %s, read %s): reading it again from the committed offset",
-                          tp, lag, stalled, committed, consumer._read_offset.get(tp))  # noqa: SLF001
+                          tp, lag, "" if fetched else ", is not fetched,", stalled, committed,
+                          consumer._read_offset.get(tp))  # noqa: SLF001
                 # A partition whose stream buffer filled is dropped from the fetch set until
                 # the buffer drains; if that notice is lost in a rebalance it is never fetched
                 # again. Resuming an active partition changes nothing.
