@@ -6,9 +6,9 @@ flow not active") the consumer goes on from where it had read, so the dropped ev
 are never delivered and the committed offset can never move again; or a partition paused
 while its stream buffer was full is never resumed. A partition whose committed offset
 has not moved for STALL_SECONDS while messages wait or while it is not fetched, and of
-which this worker holds no message in hand, is resumed and sought back to its committed offset: the messages are read again
-(repeats are harmless: every handler is idempotent) and the flow resumes. Each such
-repair is logged.
+which this worker holds no message in hand, is resumed and sought back to its committed
+offset: the messages are read again (repeats are harmless: every handler is idempotent)
+and the flow resumes. Each such repair is logged.
 """
 
 from __future__ import annotations
