@@ -225,30 +225,31 @@ async def test_a_silent_provider_holds_up_nobody_and_its_answer_comes_back_later
     assert runtime.metrics.psp_requests.labels("error")._value.get() == 1
 
 
-async def test_answers_of_calls_ending_together_go_in_one_send() -> None:
-    runtime = FakeRuntime()
+async def calls_started_together(runtime: FakeRuntime, count: int) -> tuple[Calls, list[str]]:
+    """`count` in-flight payments whose calls start at once; returns when all have ended."""
     calls = calls_of(runtime)
-    records = [in_flight(f"pay-{n}") for n in range(5)]
+    records = [in_flight(f"pay-{n}") for n in range(count)]
     for record in records:
         runtime.psp_outcomes.put(record)
         await calls.start(record)
     await settled(calls)
-    assert sorted(a.payment_id for a in answers(runtime)) == [r.payment_id for r in records]
+    return calls, [r.payment_id for r in records]
+
+
+async def test_answers_of_calls_ending_together_go_in_one_send() -> None:
+    runtime = FakeRuntime()
+    calls, payment_ids = await calls_started_together(runtime, 5)
+    assert sorted(a.payment_id for a in answers(runtime)) == payment_ids
     assert runtime.outlet.sends == 1 and calls.in_flight == {}
 
 
 async def test_answers_whose_send_failed_are_sent_again_by_their_calls() -> None:
     runtime = FakeRuntime(outlet=FakeOutlet(failing=1))
-    calls = calls_of(runtime)
-    records = [in_flight(f"pay-{n}") for n in range(3)]
-    for record in records:
-        runtime.psp_outcomes.put(record)
-        await calls.start(record)
-    await settled(calls)
-    assert answers(runtime) == [] and sorted(calls.in_flight) == [r.payment_id for r in records]
+    calls, payment_ids = await calls_started_together(runtime, 3)
+    assert answers(runtime) == [] and sorted(calls.in_flight) == payment_ids
     await calls.check({3})
     await settled(calls)
-    assert sorted(a.payment_id for a in answers(runtime)) == [r.payment_id for r in records]
+    assert sorted(a.payment_id for a in answers(runtime)) == payment_ids
     assert runtime.outlet.sends == 2 and calls.in_flight == {}
 
 
