@@ -115,6 +115,7 @@ class Answers:
             except asyncio.CancelledError:  # the worker stops: no call is left waiting
                 for _, sent in batch + self.queued:
                     sent.cancel()
+                self.queued = []
                 raise
             except Exception as error:  # noqa: BLE001 - each call sees it, as if it had sent alone
                 settle(batch, error)
