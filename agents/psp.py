@@ -212,7 +212,8 @@ class Calls:
         self.rescan_due = False
 
     def void(self, payment_id: str) -> None:
-        """Best effort, like the void after giving up: cancel a capture the ledger will not post."""
+        """Best effort: cancel at the provider a capture the ledger will not post (a late
+        approval, or what a recorded give-up's timed-out attempts may have captured)."""
         task = asyncio.create_task(self._void(payment_id), name=f"psp void {payment_id}")
         self.voids.add(task)
         task.add_done_callback(self.voids.discard)
@@ -222,7 +223,8 @@ class Calls:
             async with asyncio.timeout(self.runtime.psp_policy.attempt_timeout_seconds):
                 await self.runtime.psp.void(payment_id)
         except Exception:  # noqa: BLE001 - best effort, logged for the operator
-            log.exception("psp void of a late approval failed", extra=payment_context(payment_id))
+            log.exception("psp void failed: check the payment at the provider",
+                          extra=payment_context(payment_id))
 
     def stop(self) -> None:
         for _, task in self.running.values():
@@ -236,16 +238,14 @@ def note_answer(current: PspOutcomeRecord | None, answer: PspAnswered, decision:
     context = payment_context(answer.payment_id)
     if current is None:
         log.error("psp answer for a payment this worker has no request for", extra=context)
-    elif decision.void:
+    elif current.decided and decision.void:
         log.warning("psp approved after the payment ended %s: voiding the capture at the provider",
                     current.result, extra=context)
-    elif current.result == "approved" and answer.result == "gave_up":
-        # That call voided at the provider while giving up, and the ledger posts the capture.
-        log.error("a second psp call gave up and voided after the payment was approved: "
-                  "check the capture at the provider", extra=context)
     elif current.decided:
         log.info("psp answer %s ignored: the payment is already %s", answer.result, current.result,
                  extra=context)
+    elif decision.void:
+        log.info("psp gave up: voiding at the provider whatever its attempts captured", extra=context)
 
 
 def install(app: faust.App, runtime: Runtime) -> None:

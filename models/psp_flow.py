@@ -54,7 +54,9 @@ class PspDecision:
     record: PspOutcomeRecord | None = None  # the payment's new state; None: unchanged
     outputs: list[Output] = field(default_factory=list)
     call: PspOutcomeRecord | None = None  # an in-flight payment whose call must run (once)
-    void: bool = False  # a late approval for a payment that failed: cancel it at the provider
+    # Cancel at the provider whatever it captured for the payment, which failed without it:
+    # a late approval, or a give-up recorded (its timed-out attempts may have captured).
+    void: bool = False
 
 
 def on_request(current: PspOutcomeRecord | None, step: AuthorizePayment, origin: Origin) -> PspDecision:
@@ -70,7 +72,8 @@ def on_request(current: PspOutcomeRecord | None, step: AuthorizePayment, origin:
 def on_answer(current: PspOutcomeRecord | None, answer: PspAnswered, origin: Origin) -> PspDecision:
     """The first answer recorded wins. A later one (a second call after a rebalance, or a
     restarted call) changes nothing; an approval after the payment failed, whose funds
-    are already released, must not move money: it is voided at the provider."""
+    are already released, must not move money: it is voided at the provider. A give-up
+    voids only once it is the recorded outcome, never after another call's approval."""
     if current is None or current.decided:
         late_approval = current is not None and answer.result == "approved" and current.result != "approved"
         return PspDecision(void=late_approval)
@@ -80,7 +83,8 @@ def on_answer(current: PspOutcomeRecord | None, answer: PspAnswered, origin: Ori
     # The outputs carry the answer's own position as origin, not the request's: receivers
     # skip what comes from a position at or below one they applied from this partition,
     # and answers arrive in their own order, not in the order of the requests.
-    return PspDecision(record=decided, outputs=outcome_outputs(current.request, decided, origin))
+    return PspDecision(record=decided, outputs=outcome_outputs(current.request, decided, origin),
+                       void=answer.result == "gave_up")
 
 
 def outcome_outputs(step: AuthorizePayment, outcome: PspOutcomeRecord, origin: Origin) -> list[Output]:

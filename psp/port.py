@@ -38,7 +38,10 @@ class PspDeclined:
 
 @dataclass(frozen=True)
 class PspGaveUp:
-    """The retry budget ran out without an answer; anything captured meanwhile was voided."""
+    """The retry budget ran out without an answer. A timed-out attempt may have captured at
+    the provider: the PSP step voids it once the give-up is the payment's recorded outcome
+    (not here: another call for the same payment may have been approved, and the ledger
+    posts that capture)."""
 
     detail: str
     attempts: int
@@ -61,7 +64,7 @@ class PaymentServiceProvider(Protocol):
         ...
 
     async def void(self, payment_id: str) -> None:
-        """Best effort: cancel anything captured for this payment after we gave up on it."""
+        """Best effort: cancel anything captured for this payment, which failed without it."""
         ...
 
     async def close(self) -> None: ...
@@ -124,7 +127,7 @@ async def capture_with_retries(
         except PspRetryableError as error:
             delay = policy.delay_seconds(attempt, random)
             if not policy.allows_retry(attempt, clock() - started, delay):
-                return await _give_up(psp, request.payment_id, attempt, error, policy)
+                return _give_up(request.payment_id, attempt, error)
             if on_retry is not None:
                 on_retry("timeout" if isinstance(error, PspTimeout) else "error")
         await sleep(delay)
@@ -141,20 +144,7 @@ async def _capture_once(
         raise PspTimeout(f"no answer within {timeout_seconds}s") from error
 
 
-async def _give_up(
-    psp: PaymentServiceProvider,
-    payment_id: str,
-    attempts: int,
-    error: PspRetryableError,
-    policy: RetryPolicy,
-) -> PspGaveUp:
+def _give_up(payment_id: str, attempts: int, error: PspRetryableError) -> PspGaveUp:
     detail = f"gave up after {attempts} attempts, last: {type(error).__name__}: {error}"
     logger.warning("psp capture of payment %s: %s", payment_id, detail)
-    # A timed-out attempt may still have captured at the provider: cancel it, since the
-    # payment is about to fail and its reserved funds to be released.
-    try:
-        async with asyncio.timeout(policy.attempt_timeout_seconds):
-            await psp.void(payment_id)
-    except Exception:  # best effort: the outcome is decided whatever void does
-        logger.exception("psp void of payment %s failed", payment_id)
     return PspGaveUp(detail=detail, attempts=attempts)

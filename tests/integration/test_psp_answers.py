@@ -55,7 +55,7 @@ from tests.integration.outside import (
 QUIET_AFTER_ANSWER_SECONDS = 2.0  # watched once the answers are handled: nothing more may follow
 LATE_ANSWER_LOGGED = "psp approved after the payment ended gave_up: voiding the capture at the provider"
 NO_REQUEST_LOGGED = "psp answer for a payment this worker has no request for"
-SECOND_CALL_GAVE_UP_LOGGED = "a second psp call gave up and voided after the payment was approved"
+GAVE_UP_VOID_LOGGED = "psp gave up: voiding at the provider whatever its attempts captured"
 
 
 def ignored_logged(result: str, decided: str) -> str:
@@ -220,8 +220,10 @@ async def test_a_late_approval_after_compensation_moves_no_money(service: Servic
     status, view = await payment_view(service, payment_id)
     assert status == 200 and view == view_before, view
     assert (view["status"], view["reason"], view["psp_reference"]) == ("failed", "psp_unavailable", None)
-    # Decided, not skipped: both answers reached the decision, which voids at the provider.
+    # Decided, not skipped: both answers reached the decision, which voids at the provider;
+    # so did the give-up, once recorded as the outcome.
     assert len(worker_log(service, payment_id, LATE_ANSWER_LOGGED)) == 2
+    assert len(worker_log(service, payment_id, GAVE_UP_VOID_LOGGED)) == 1
 
 
 # --- 2. the same answer twice, and a contradicting one, after the capture ---------------------------
@@ -271,7 +273,9 @@ async def test_a_repeated_or_contradicting_answer_after_the_capture_changes_noth
     assert (view["status"], view["psp_reference"]) == ("captured", captured["psp_reference"])
     assert len(worker_log(service, payment_id, ignored_logged("approved", "approved"))) == 1
     assert len(worker_log(service, payment_id, ignored_logged("declined", "approved"))) == 1
-    assert len(worker_log(service, payment_id, SECOND_CALL_GAVE_UP_LOGGED)) == 1
+    # A give-up after the capture is ignored like any later answer: nothing is voided.
+    assert len(worker_log(service, payment_id, ignored_logged("gave_up", "approved"))) == 1
+    assert worker_log(service, payment_id, GAVE_UP_VOID_LOGGED) == []
 
 
 # --- 2b. an approval while the call still runs, then the call's own give-up -------------------------
@@ -279,7 +283,8 @@ async def test_a_repeated_or_contradicting_answer_after_the_capture_changes_noth
 
 async def test_an_approval_while_the_call_runs_wins_over_the_calls_own_give_up(service: Service) -> None:
     """The first answer recorded wins: the payment is captured once, and the silent call's
-    give-up that follows neither releases the captured money nor fails the payment."""
+    give-up that follows neither releases the captured money, nor fails the payment, nor
+    voids the capture at the provider."""
     driver = service.driver
     debtor, creditor, key = "pa-early-debtor", "pa-early-creditor", "pa-early-1"
     await open_accounts(service, debtor, creditor)
@@ -313,7 +318,10 @@ async def test_an_approval_while_the_call_runs_wins_over_the_calls_own_give_up(s
     await account_settles(service, creditor, 2_000)
     status, view = await payment_view(service, payment_id)
     assert status == 200 and (view["status"], view["psp_reference"]) == ("captured", "psp-early-1"), view
-    assert len(worker_log(service, payment_id, SECOND_CALL_GAVE_UP_LOGGED)) == 1
+    # The call's own give-up came second: ignored, and the capture is not voided at the
+    # provider (it used to be, by the call itself, while the ledger posted it).
+    assert len(worker_log(service, payment_id, ignored_logged("gave_up", "approved"))) == 1
+    assert worker_log(service, payment_id, GAVE_UP_VOID_LOGGED) == []
 
 
 # --- 3. an answer about a payment nobody asked about ---------------------------------------------------

@@ -5,6 +5,7 @@ of their partition."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from models.steps import (
     PspAnswered,
     ReleaseFunds,
 )
-from psp import PspApproved, PspDeclined, PspRequest, RetryPolicy, SimulatedPsp
+from psp import PspApproved, PspDeclined, PspRequest, PspRetryableError, RetryPolicy, SimulatedPsp
 
 PAYMENT_ID = payment_id_for("psp-key-1")
 FROM_ACCOUNT = Origin(topic="payments.steps.account", partition=2, offset=11)
@@ -105,11 +106,14 @@ def test_an_approval_is_recorded_and_sent_on_from_the_answers_position() -> None
     assert (to_ledger.step.psp_reference, to_ledger.step.origin) == ("sim_1", ANSWERED_AT)
 
 
-@pytest.mark.parametrize(("result", "reason"), [("declined", FailureReason.PSP_DECLINED),
-                                                ("gave_up", FailureReason.PSP_UNAVAILABLE)])
-def test_a_refusal_releases_the_hold(result: str, reason: FailureReason) -> None:
+@pytest.mark.parametrize(("result", "reason", "void"), [("declined", FailureReason.PSP_DECLINED, False),
+                                                        ("gave_up", FailureReason.PSP_UNAVAILABLE, True)])
+def test_a_refusal_releases_the_hold_and_a_give_up_voids(result: str, reason: FailureReason, void: bool
+                                                         ) -> None:
     decision = on_answer(in_flight(), answer(result, detail="why"), ANSWERED_AT)
     assert decision.record is not None and decision.record.result == result
+    # A give-up's timed-out attempts may have captured: voided now that it is the outcome.
+    assert decision.void is void
     [release] = decision.outputs
     assert isinstance(release, Dispatch) and (release.route, release.key) == ("account", "alice")
     assert isinstance(release.step, ReleaseFunds)
@@ -221,7 +225,8 @@ async def test_a_silent_provider_holds_up_nobody_and_its_answer_comes_back_later
     await settled(calls)
     [_, gave_up] = answers(runtime)
     assert (gave_up.payment_id, gave_up.result, gave_up.origin) == ("pay-silent", "gave_up", REQUESTED_AT)
-    assert calls.in_flight == {} and runtime.psp.voided == {"pay-silent": None}.keys()
+    # The call leaves the void to the agent, which voids once the give-up is recorded.
+    assert calls.in_flight == {} and not runtime.psp.voided
     assert runtime.metrics.psp_requests.labels("error")._value.get() == 1
 
 
@@ -306,6 +311,24 @@ async def test_a_call_of_a_partition_no_longer_held_is_cancelled_and_a_decided_o
     runtime.psp_outcomes.put(decided("declined").model_copy(update={"payment_id": "pay-answered"}))
     await calls.check({3})
     assert calls.running == {} and calls.in_flight == {}
+
+
+async def test_a_failing_void_is_logged_and_a_hanging_one_cut_by_the_attempt_timeout(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class BadVoidPsp(CountingPsp):
+        async def void(self, payment_id: str) -> None:
+            if payment_id == "pay-hangs":
+                await asyncio.Event().wait()
+            raise PspRetryableError("void down")
+
+    runtime = FakeRuntime(psp=BadVoidPsp())
+    calls = calls_of(runtime)
+    with caplog.at_level(logging.ERROR, logger="agents.psp"):
+        calls.void("pay-fails")
+        calls.void("pay-hangs")
+        async with asyncio.timeout(1.0):
+            await asyncio.gather(*calls.voids)
+    assert caplog.text.count("psp void failed: check the payment at the provider") == 2
 
 
 async def test_a_late_approval_is_voided_at_the_provider() -> None:
