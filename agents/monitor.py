@@ -84,6 +84,27 @@ def in_hand(consumer: ConsumerT, tp: TP) -> bool:
                for message in list(consumer._unacked_messages))  # noqa: SLF001 - no public view
 
 
+async def watch_partition(consumer: ConsumerT, tp: TP, end: int | None, now: float, progress: Progress
+                          ) -> int:
+    """One look at `tp` (its broker end offset: `end`): repairs it when stalled; returns its lag."""
+    committed = consumer._committed_offset.get(tp) or 0  # noqa: SLF001 - no public view
+    lag = waiting(committed, end, await fetch_position(consumer, tp))
+    fetched = is_fetched(consumer, tp)
+    stalled = progress.stalled_for(tp, committed, now) if lag or not fetched else 0.0
+    if stalled >= STALL_SECONDS and not in_hand(consumer, tp):
+        log.error("partition %s has %d messages waiting%s and its offset has not moved for %.0fs "
+                  "(committed %s, read %s): reading it again from the committed offset",
+                  tp, lag, "" if fetched else ", is not fetched,", stalled, committed,
+                  consumer._read_offset.get(tp))  # noqa: SLF001
+        # A partition whose stream buffer filled is dropped from the fetch set until the
+        # buffer drains; if that notice is lost in a rebalance it is never fetched again.
+        # Resuming an active partition changes nothing.
+        consumer.resume_partitions({tp})
+        await consumer.seek(tp, committed)
+        progress.seen.pop(tp, None)
+    return lag
+
+
 def install(app: faust.App, runtime: Runtime) -> None:
     progress = Progress()
     metrics = runtime.metrics
@@ -98,22 +119,8 @@ def install(app: faust.App, runtime: Runtime) -> None:
         highwaters = await consumer.highwaters(*partitions)
         now = time.monotonic()
         for tp in partitions:
-            committed = consumer._committed_offset.get(tp) or 0  # noqa: SLF001 - no public view
-            lag = waiting(committed, highwaters.get(tp), await fetch_position(consumer, tp))
+            lag = await watch_partition(consumer, tp, highwaters.get(tp), now, progress)
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-            fetched = is_fetched(consumer, tp)
-            stalled = progress.stalled_for(tp, committed, now) if lag or not fetched else 0.0
-            if stalled >= STALL_SECONDS and not in_hand(consumer, tp):
-                log.error("partition %s has %d messages waiting%s and its offset has not moved for %.0fs "
-                          "(committed %s, read %s): reading it again from the committed offset",
-                          tp, lag, "" if fetched else ", is not fetched,", stalled, committed,
-                          consumer._read_offset.get(tp))  # noqa: SLF001
-                # A partition whose stream buffer filled is dropped from the fetch set until
-                # the buffer drains; if that notice is lost in a rebalance it is never fetched
-                # again. Resuming an active partition changes nothing.
-                consumer.resume_partitions({tp})
-                await consumer.seek(tp, committed)
-                progress.seen.pop(tp, None)
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:
