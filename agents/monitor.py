@@ -26,6 +26,7 @@ from faust.types.transports import ConsumerT
 
 from agents.runtime import Runtime
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEP_TOPICS
+from models.account import holds_in
 
 log = logging.getLogger(__name__)
 
@@ -124,5 +125,5 @@ def install(app: faust.App, runtime: Runtime) -> None:
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:
-        holds = sum(len(state.reservations) for _, state in runtime.accounts.items())
+        holds = sum(holds_in(stored) for stored in runtime.accounts.raw_values())
         metrics.reservations_in_flight.set(holds)

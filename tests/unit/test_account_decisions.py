@@ -14,6 +14,7 @@ from models.account import (
     apply_posting,
     check_creditor,
     decide_reservation,
+    holds_in,
     open_account,
     release,
 )
@@ -86,6 +87,17 @@ def only(outputs: list[Any], kind: type) -> Any:
     output = outputs[0]
     assert isinstance(output, kind)
     return output
+
+
+# --- holds_in ----------------------------------------------------------------------------------
+
+
+def test_holds_are_counted_from_the_stored_json() -> None:
+    empty = account(posted=500)
+    two = held(decide_reservation(held(decide_reservation(empty, reserve(100, "pay-1"))),
+                                  reserve(50, "pay-2")))
+    assert [holds_in(state.model_dump_json().encode()) for state in (empty, two)] == [0, 2]
+    assert holds_in(two.model_copy(update={"reservations": {}}).model_dump_json().encode()) == 0
 
 
 # --- decide_reservation ----------------------------------------------------------------------
