@@ -69,9 +69,8 @@ async def fetch_position(consumer: ConsumerT, tp: TP) -> int | None:
 
 
 def is_fetched(consumer: ConsumerT, tp: TP) -> bool:
-    """Whether the consumer fetches `tp`. Faust stops fetching a partition while a rebalance
-    runs and while its stream buffer is full; the messages of a last record batch can be
-    missing from the broker's end offset, so a partition left paused can look idle."""
+    """Whether the consumer fetches `tp`: Faust stops while a rebalance runs and while the
+    partition's stream buffer is full, and a partition left paused can look idle."""
     active = consumer._active_partitions  # noqa: SLF001 - no public view
     return tp not in consumer._paused_partitions and (active is None or tp in active)  # noqa: SLF001
 

@@ -184,8 +184,8 @@ def step_failed(record: PaymentRecord, step: PaymentStepFailed) -> tuple[Payment
 def posted(record: PaymentRecord, step: PaymentPosted) -> PaymentRecord:
     if record.outcome is not None:
         return record
-    if step.authorized_at is not None and record.psp_reference is None:
-        record = record.noted("authorized", at=step.authorized_at, psp_reference=step.event.psp_reference)
+    if step.authorized_at is not None and record.psp_reference is None:  # not noted by an earlier version
+        record = record.noted("authorized", at=step.authorized_at)
     return record.noted("captured", status="captured", outcome=step.event,
                         psp_reference=step.event.psp_reference)
 
