@@ -1,81 +1,156 @@
-"""The Faust application: configuration, agents, the outbox relay and the HTTP surface.
+"""The Faust application: configuration, and every part built with what it uses.
 
-`create_app(settings)` builds a worker's app; nothing connects at import time.
+`create_app(settings)` builds a worker's app; nothing connects at import time. Each part
+gets its collaborators here, and nothing else (cosmicpython's bootstrap): the intake
+its key registry, the owner the owners' table, the ledger and the provider calls, the
+web surface what it reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import math
+from dataclasses import dataclass, field
 
 import faust
 from prometheus_client import CollectorRegistry
 
-from agents import accounts, intake, ledger, monitor, payments, psp, web
-from agents.runtime import Runtime
-from infra.crash import crash_point
-from infra.delivery import confirm
+from agents import loop, monitor, relay, web
+from agents.intake import Intake, decode_key_use
+from agents.outlet import Outlet
+from agents.owner import Owner
+from agents.psp import CHECK_INTERVAL_SECONDS, Calls
+from infra.kafka_transport import deliver_in_batches
 from infra.metrics import Metrics
-from infra.topics import APP_ID
-from ledger.outbox import OutboxRelay, OutboxRow
-from psp import build_psp
+from infra.producer import BatchProducer, partition_for
+from infra.topics import ACCOUNT_COMMANDS, APP_ID, PAYMENT_COMMANDS, STEPS
+from ledger.store import LedgerStore
+from models.intake import KeyUse
+from models.owner import Limits
+from psp import RetryPolicy, build_psp
 from settings import Settings
+from tables import owners as owners_table
+from tables.state import StateTable
 
 log = logging.getLogger(__name__)
 
 # Outbox rows and dead letters can carry large original messages (the broker decides).
 MESSAGE_SIZE_MAX_BYTES = 16 * 1024 * 1024
+# A batch's state changes of one partition go in one record batch (tables/state.py).
+RECORD_BATCH_MAX_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Ledger:
+    """The ledger connection pool, opened on first use (the database may start later)."""
+
+    database_url: str
+    _store: LedgerStore | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def __call__(self) -> LedgerStore:
+        async with self._lock:
+            if self._store is None:
+                # No deadline: while PostgreSQL is away the agents pause and retry; giving up
+                # would let Faust ack a batch whose effects were never written.
+                self._store = await LedgerStore.connect(self.database_url, max_size=5,
+                                                        retry_deadline_seconds=math.inf)
+            return self._store
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
 
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> faust.App:
     bootstrap, database_url = settings.require_infrastructure()
+    partitions = settings.partitions
     app = faust.App(
         APP_ID,
         broker=[f"payments-kafka://{server}" for server in bootstrap.split(",")],
         store="memory://",
-        topic_partitions=settings.partitions,
+        topic_partitions=partitions,
         topic_disable_leader=True,
         topic_allow_declare=False,  # every topic is created up front with its partition count
         web_port=settings.web_port,
         web_bind="0.0.0.0",
         datadir=str(settings.data_dir / "faust"),
         producer_max_request_size=MESSAGE_SIZE_MAX_BYTES,
+        producer_max_batch_size=RECORD_BATCH_MAX_BYTES,
         consumer_max_fetch_size=MESSAGE_SIZE_MAX_BYTES,
+        broker_max_poll_records=2000,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=0.5,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
-        stream_buffer_maxsize=4096,
+        stream_buffer_maxsize=256,  # events: each is a partition's records of one fetch
     )
-    runtime = Runtime(app=app, settings=settings, database_url=database_url,
-                      metrics=Metrics(registry or CollectorRegistry()), psp=build_psp(settings.psp_url))
-    for module in (intake, payments, accounts, psp, ledger):
-        module.install(app, runtime)
-    _install_outbox_relay(app, runtime)
-    monitor.install(app, runtime)
-    web.install(app, runtime)
-    app.payments_runtime = runtime  # type: ignore[attr-defined]
+    deliver_in_batches(app, [PAYMENT_COMMANDS, ACCOUNT_COMMANDS, STEPS])
+    metrics = Metrics(registry or CollectorRegistry())
+
+    def partition_of(key: str) -> int:
+        return partition_for(key.encode(), partitions)
+
+    producers: list[BatchProducer] = []
+
+    def producer() -> BatchProducer:
+        if not producers:
+            producers.append(BatchProducer(app.producer._ensure_producer()))  # noqa: SLF001 - aiokafka's own
+        return producers[0]
+
+    outlet = Outlet(producer, partitions)
+    ledger = Ledger(database_url)
+    owners: StateTable[owners_table.Value] = StateTable(app, "owners", partitions, owners_table.decode, producer)
+    keys: StateTable[KeyUse] = StateTable(app, "idempotency_keys", partitions, decode_key_use, producer)
+    psp = build_psp(settings.psp_url)
+    calls = Calls(psp, RetryPolicy(), metrics, outlet, partition_of)
+    owner = Owner(owners, ledger, calls, metrics, Limits(settings.risk_max_amount), partition_of)
+    intake = Intake(keys, metrics)
+
+    async def take_commands(stream: faust.StreamT) -> None:
+        await loop.run("intake", stream, intake, outlet, keys)
+
+    async def own_steps(stream: faust.StreamT) -> None:
+        await loop.run("owner", stream, owner, outlet, owners)
+
+    loop.install(app, "intake", [PAYMENT_COMMANDS, ACCOUNT_COMMANDS], take_commands)
+    loop.install(app, "owner", [STEPS], own_steps)
+    _install_calls(app, calls, owners)
+    relay.install(app, database_url, outlet, ledger, metrics)
+    monitor.install(app, metrics, owners)
+    web.install(app, web.Web(app, owners, keys, outlet, ledger, metrics))
+
+    @app.on_before_shutdown.connect
+    async def close(app: faust.App, **_: object) -> None:
+        await psp.close()
+
     return app
 
 
-def _install_outbox_relay(app: faust.App, runtime: Runtime) -> None:
-    async def publish(rows: Sequence[OutboxRow]) -> None:
-        futures = [
-            await runtime.outlet.produce(row.topic, row.key.encode(), row.value, list(row.headers))
-            for row in rows
-        ]
-        await confirm(futures)
-        crash_point("relay.after_publish")
+def _install_calls(app: faust.App, calls: Calls, owners: StateTable[owners_table.Value]) -> None:
+    @owners.table.on_recover
+    async def rescan_after_recovery() -> None:
+        calls.rescan_due = True
 
-    relay = OutboxRelay(runtime.database_url, publish, poll_interval_seconds=0.5)
+    def current(payment_id: str) -> object:
+        return owners.get(owners_table.payment_key(payment_id))
 
     @app.task
-    async def relay_outbox() -> None:
-        await relay.run()
-
-    @app.timer(interval=5.0)
-    async def observe_outbox() -> None:
-        rows, age = await (await runtime.store()).outbox_backlog()
-        runtime.metrics.outbox_backlog_rows.set(rows)
-        runtime.metrics.outbox_oldest_age.set(age)
+    async def keep_calls_running() -> None:
+        """After a recovery (a start, a rebalance), find the in-flight payments of the
+        partitions held here; every second, run their calls here and no others."""
+        held_before: set[int] = set()
+        try:
+            while True:
+                await asyncio.sleep(CHECK_INTERVAL_SECONDS)
+                if app.rebalancing:  # assignment and table state are changing: wait for the end
+                    continue
+                held = {tp.partition for tp in app.consumer.assignment() if tp.topic == STEPS}
+                if calls.rescan_due or held != held_before:  # the latter: should a callback be missed
+                    calls.rescan(held, owners.raw_items())
+                    held_before = held
+                await calls.check(held, current)  # type: ignore[arg-type]
+        finally:
+            calls.stop()

@@ -24,13 +24,17 @@ from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from faust.types.transports import ConsumerT
 
-from agents.runtime import Runtime
-from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEP_TOPICS
-from models.account import holds_in
+from infra.metrics import Metrics
+from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS
+from tables.owners import ACCOUNT, Value
+from tables.state import StateTable
 
 log = logging.getLogger(__name__)
 
-WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, *STEP_TOPICS})
+WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS})
+# In the stored JSON of every account that holds nothing: most of them, at any moment.
+NO_HOLDS_MARK = b'"holds":{}'
+
 # Short: a partition is only repaired when no message of it is in hand (a batch held up by
 # a database outage is busy, not stalled), and every second a stall lasts, payments wait.
 STALL_SECONDS = 5.0
@@ -105,9 +109,18 @@ async def watch_partition(consumer: ConsumerT, tp: TP, end: int | None, now: flo
     return lag
 
 
-def install(app: faust.App, runtime: Runtime) -> None:
+def holds_in(table: StateTable[Value]) -> int:
+    """The holds of this worker's accounts; those holding nothing are not parsed."""
+    holds = 0
+    for key, stored in table.raw_items():
+        if key.startswith(ACCOUNT) and NO_HOLDS_MARK not in stored:
+            account = table.get(key)
+            holds += len(account.holds) if account is not None else 0  # type: ignore[union-attr]
+    return holds
+
+
+def install(app: faust.App, metrics: Metrics, owners: StateTable[Value]) -> None:
     progress = Progress()
-    metrics = runtime.metrics
 
     @app.timer(interval=2.0)
     async def watch_consumer() -> None:
@@ -124,5 +137,4 @@ def install(app: faust.App, runtime: Runtime) -> None:
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:
-        holds = sum(holds_in(stored) for stored in runtime.accounts.raw_values())
-        metrics.reservations_in_flight.set(holds)
+        metrics.reservations_in_flight.set(holds_in(owners))

@@ -2,7 +2,7 @@
 `table_route` cannot route: a POST (its body must go along) whose key is computed.
 
 The owner is found the way `table_route` finds it (`app.router.key_store`, the table's
-changelog partition of the key, from the last assignment); the request is sent on once,
+changelog partition the key hashes to, from the last assignment); the request is sent on once,
 with its body and headers, and the owner's answer is passed back as it is.
 """
 
@@ -34,15 +34,16 @@ class OwnerUnknown(Exception):
     """No worker can be trusted to answer for the key right now."""
 
 
-def owner_of(app: faust.App, table: faust.TableT, key: str) -> URL | None:
-    """The web address of the worker owning `key` in `table`; None when it is this one."""
+def owner_of(app: faust.App, table: str, key: str) -> URL | None:
+    """The web address of the worker holding the partition `key` hashes to in the table
+    named `table`; None when it is this one."""
     if app.rebalancing or app.in_recovery:
         # The assignment (or this worker's copy of a table) is being changed: an answer
         # now could come from a worker that is about to lose, or has not yet read back,
         # the key's state.
         raise OwnerUnknown("partitions are being reassigned")
     try:
-        owner = app.router.key_store(table.name, key)
+        owner = app.router.key_store(table, key.encode())
     except KeyError:
         raise OwnerUnknown("no worker is assigned the key's partition") from None
     here = URL(str(app.conf.canonical_url))
@@ -54,14 +55,18 @@ def unavailable(view: View, reason: str) -> Response:
                      headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def forward(view: View, request: Request, body: bytes, owner: URL) -> Response:
-    """The owner's answer to the same request (same method, path, headers and body)."""
-    if FORWARDED_BY in request.headers:
+async def forward(view: View, request: Request, body: bytes, owner: URL, *, path: str | None = None
+                  ) -> Response:
+    """The owner's answer to the same request (same method, headers and body; same path
+    unless another is given: an internal one, answered where it arrives, never forwarded)."""
+    if FORWARDED_BY in request.headers and path is None:
         return unavailable(view, "the workers disagree about who owns this key")
     app = view.app
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
     headers[FORWARDED_BY] = str(app.conf.canonical_url)
     url = request.url.with_host(owner.host or "").with_port(owner.port)
+    if path is not None:
+        url = url.with_path(path)
     timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_SECONDS)
     try:
         async with app.http_client.request(request.method, url, headers=headers, data=body,

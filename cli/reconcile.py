@@ -1,6 +1,6 @@
 """`payments reconcile`: the workers' balances against the ledger sums in PostgreSQL.
 
-Worker state is read from the accounts table's changelog (what a worker recovers
+Worker state is read from the owners table's changelog (what a worker recovers
 from), so it needs no running worker. Postings still settling between the ledger
 and the account owners are given `settle_seconds` to arrive before a difference
 counts as a mismatch.
@@ -15,9 +15,10 @@ import time
 from infra.changelog import read_table
 from infra.topics import changelog_topic
 from ledger.store import LedgerStore
-from models.account import AccountState
+from models.account import Account
 from models.reconciliation import Report, compare_balances
 from settings import Settings
+from tables import owners
 
 
 async def reconcile(
@@ -27,10 +28,9 @@ async def reconcile(
     try:
         deadline = time.monotonic() + settle_seconds
         while True:
-            states = [
-                AccountState.model_validate_json(v)
-                for v in (await read_table(bootstrap, changelog_topic("accounts"))).values()
-            ]
+            stored = await read_table(bootstrap, changelog_topic("owners"))
+            states: list[Account] = [owners.decode(key, value) for key, value in stored.items()  # type: ignore[misc]
+                                     if key.startswith(owners.ACCOUNT)]
             worker = {s.account_id: s.posted for s in states}
             ledger = await store.balances()
             mismatches = compare_balances(worker, ledger)
@@ -43,7 +43,7 @@ async def reconcile(
             unbalanced_transactions=await store.unbalanced_transactions(),
             ledger_total=sum(ledger.values()),
             outbox_stuck_rows=await store.outbox_stuck(outbox_stuck_seconds),
-            reservations_open=sum(len(s.reservations) for s in states),
+            reservations_open=sum(len(s.holds) for s in states),
         )
     finally:
         await store.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ class Outgoing:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
-    partition: int | None = None  # None: the key's, by Kafka's default partitioner
+    partition: int | None = None  # None: the key's, by Kafka's default partitioner (any, for no key)
 
 
 @dataclass
@@ -57,8 +58,9 @@ class BatchProducer:
         for message in messages:
             partition = message.partition
             if partition is None:
-                assert message.key is not None, "a message without a partition needs a key"
-                partition = partition_for(message.key, await self.partitions(message.topic))
+                count = await self.partitions(message.topic)
+                # Kafka's default partitioner too: the key's partition, any for no key.
+                partition = partition_for(message.key, count) if message.key is not None else random.randrange(count)
             grouped.setdefault((message.topic, partition), []).append(message)
         futures = []
         for (topic, partition), group in grouped.items():

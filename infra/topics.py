@@ -18,17 +18,12 @@ APP_ID = "payments"
 ACCOUNT_COMMANDS = "fintech.accounts.commands"
 PAYMENT_COMMANDS = "fintech.payments.commands"
 DEAD_LETTER = "fintech.deadletter"
-PAYMENT_STEPS = "payments.steps.payment"
-ACCOUNT_STEPS = "payments.steps.account"
-PSP_STEPS = "payments.steps.psp"
-LEDGER_STEPS = "payments.steps.ledger"
-STEP_TOPICS = (PAYMENT_STEPS, ACCOUNT_STEPS, PSP_STEPS, LEDGER_STEPS)
+# The one internal topic: the steps each partition's owner takes (key: account id, or
+# payment id for a payment's directory entry), in batches (models/steps.py).
+STEPS = "payments.steps"
 
 # Tables and the topic each is partitioned by (its changelog has the same count).
-TABLE_SOURCES = {
-    "payments": PAYMENT_STEPS, "accounts": ACCOUNT_STEPS, "psp_outcomes": PSP_STEPS,
-    "idempotency_keys": PAYMENT_COMMANDS,
-}
+TABLE_SOURCES = {"owners": STEPS, "idempotency_keys": PAYMENT_COMMANDS}
 
 
 def changelog_topic(table: str) -> str:
@@ -43,7 +38,7 @@ class TopicSpec:
 
 
 def service_topics(partitions: int) -> list[TopicSpec]:
-    plain = [ACCOUNT_COMMANDS, PAYMENT_COMMANDS, DEAD_LETTER, *STEP_TOPICS]
+    plain = [ACCOUNT_COMMANDS, PAYMENT_COMMANDS, DEAD_LETTER, STEPS]
     plain += [event.topic for event in PUBLIC_EVENTS]
     specs = [TopicSpec(name, partitions) for name in plain]
     specs += [TopicSpec(changelog_topic(t), partitions, compacted=True) for t in TABLE_SOURCES]

@@ -41,3 +41,9 @@ async def open_account(connection: asyncpg.Connection, account: AccountRow) -> A
 async def get_account(connection: asyncpg.Connection, account_id: str) -> AccountRow | None:
     row = await connection.fetchrow(SELECT_ACCOUNT, account_id)
     return None if row is None else AccountRow(**dict(row))
+
+
+async def get_accounts(connection: asyncpg.Connection, account_ids: list[str]) -> list[AccountRow]:
+    rows = await connection.fetch(f"SELECT {COLUMNS} FROM accounts WHERE account_id = ANY($1::text[])",
+                                  account_ids)
+    return [AccountRow(**dict(row)) for row in rows]

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 import orjson
 
+from ledger.accounts import AccountRow
 from models.ledger import JournalEntry
+from models.steps import Origin
 from models.types import is_settlement_account
 
-if TYPE_CHECKING:
-    from ledger.store import Origin
-
-Entries = Sequence[tuple[JournalEntry, "Origin"]]
+Entries = Sequence[tuple[JournalEntry, Origin]]
 
 # Sorted by transaction_id so that two batches sharing entries take the unique-index
 # locks in the same order and cannot deadlock each other.
@@ -64,10 +62,25 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[]) WITH OR
 ORDER BY position
 """
 
+INSERT_ACCOUNTS = """
+INSERT INTO accounts (account_id, owner_id, currency, overdraft_limit, kyc_status, status)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+ORDER BY 1
+ON CONFLICT (account_id) DO NOTHING
+"""
+
 SELECT_STORED = """
 SELECT transaction_id, fingerprint, origin_topic, origin_partition, origin_offset, origin_index
 FROM ledger_transactions WHERE transaction_id = ANY($1::uuid[])
 """
+
+
+async def insert_accounts(connection: asyncpg.Connection, rows: Sequence[AccountRow]) -> None:
+    """Accounts opened by the batch (before their postings, which reference them)."""
+    if rows:
+        await connection.execute(INSERT_ACCOUNTS, *zip(*(
+            (row.account_id, row.owner_id, row.currency, row.overdraft_limit, row.kyc_status, row.status)
+            for row in rows), strict=True))
 
 
 def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:

@@ -21,22 +21,13 @@ from ledger.accounts import AccountRow
 from ledger.reads import DailyBalance, StatementEntry
 from ledger.retry import with_retry
 from models.ledger import JournalEntry, assert_balanced
+from models.owner import StoredEntry
+from models.steps import CreditorFacts, Origin
 
 __all__ = ["AccountRow", "DailyBalance", "LedgerStore", "Origin", "StatementEntry", "WriteResult"]
 
 T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where the request that wrote an entry came from (a Kafka record's coordinates, and
-    the request's index among the steps that record carries)."""
-
-    topic: str
-    partition: int
-    offset: int
-    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,20 +75,21 @@ class LedgerStore:
         )
 
     async def write_batch(
-        self, entries: Sequence[tuple[JournalEntry, Origin]], *,
+        self, entries: Sequence[tuple[JournalEntry, Origin]], *, accounts: Sequence[AccountRow] = (),
         deadline_seconds: float | None = None,
     ) -> list[WriteResult]:
-        """Write the entries in one transaction; one result per entry, in input order."""
+        """Write the entries in one transaction, after the `accounts` they may need (opened
+        unless they exist); one result per entry, in input order."""
         for entry, _ in entries:
             assert_balanced(entry.postings)  # again: the entry may have been built elsewhere
         firsts: dict[UUID, tuple[JournalEntry, Origin]] = {}
         for entry, origin in entries:
             firsts.setdefault(entry.transaction_id, (entry, origin))
-        if not firsts:
+        if not firsts and not accounts:
             return []
         unique = list(firsts.values())
         applied, stored = await self._run(
-            lambda connection: _write_unique(connection, unique),
+            lambda connection: _write_unique(connection, unique, accounts),
             what="write_batch", deadline_seconds=deadline_seconds,
         )
         seen: set[UUID] = set()
@@ -113,6 +105,18 @@ class LedgerStore:
         """Open the account unless it exists; return the stored row (differs on a conflict)."""
         return await self._run(lambda connection: accounts.open_account(connection, account),
                                what="open_account")
+
+    async def creditors(self, account_ids: Sequence[str]) -> dict[str, CreditorFacts]:
+        """The facts of those of the accounts that exist."""
+        rows = await self._run(lambda connection: accounts.get_accounts(connection, list(account_ids)),
+                               what="creditors")
+        return {row.account_id: CreditorFacts(row.account_id, row.currency, row.status) for row in rows}
+
+    async def stored_entries(self, transaction_ids: Sequence[UUID]) -> dict[UUID, StoredEntry]:
+        """How each of the transactions that exist was first written."""
+        rows = await self._run(lambda connection: journal.stored_first_writes(connection, transaction_ids),
+                               what="stored_entries")
+        return {transaction_id: StoredEntry(row["fingerprint"], _origin(row)) for transaction_id, row in rows.items()}
 
     async def get_account(self, account_id: str) -> AccountRow | None:
         return await self._run(lambda connection: accounts.get_account(connection, account_id),
@@ -156,10 +160,13 @@ class LedgerStore:
 
 
 async def _write_unique(
-    connection: asyncpg.Connection, unique: list[tuple[JournalEntry, Origin]]
+    connection: asyncpg.Connection, unique: list[tuple[JournalEntry, Origin]], opened: Sequence[AccountRow]
 ) -> tuple[set[UUID], dict[UUID, tuple[str, Origin]]]:
     """Write entries with distinct transaction ids; return (ids written now, first writes)."""
     async with connection.transaction():
+        await journal.insert_accounts(connection, opened)
+        if not unique:
+            return set(), {}
         applied = await journal.insert_transactions(connection, unique)
         new = [(entry, origin) for entry, origin in unique if entry.transaction_id in applied]
         await journal.ensure_settlement_accounts(connection, new)
@@ -170,7 +177,9 @@ async def _write_unique(
         rows = await journal.stored_first_writes(connection, duplicates)
     stored = {entry.transaction_id: (entry.fingerprint, origin) for entry, origin in new}
     for transaction_id, row in rows.items():
-        origin = Origin(row["origin_topic"], row["origin_partition"], row["origin_offset"],
-                        row["origin_index"])
-        stored[transaction_id] = (row["fingerprint"], origin)
+        stored[transaction_id] = (row["fingerprint"], _origin(row))
     return applied, stored
+
+
+def _origin(row: asyncpg.Record) -> Origin:
+    return Origin(row["origin_topic"], row["origin_partition"], row["origin_offset"], row["origin_index"])

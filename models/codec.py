@@ -7,7 +7,6 @@ Reading a command has three outcomes, never an exception: the command, an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from models.commands import Command
-from models.events import Event, FieldError
+from models.events import EVENTS_BY_TYPE, Event, FieldError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -40,38 +39,6 @@ class Invalid:
         return "; ".join(f"{e.field}: {e.message}" for e in self.errors)
 
 
-# Steps per message on a step topic: a batch of outputs for one partition is split past it,
-# which keeps a message far below the broker's size limit (a step is ~1-2 KB).
-STEPS_PER_MESSAGE_MAX = 500
-STEP_BATCH = "StepBatch"
-
-
-def encode_steps(steps: Sequence[tuple[str, BaseModel]]) -> bytes:
-    """One message for several steps (key, step) bound for one partition of a step topic:
-    `{"kind": "StepBatch", "steps": [{"key": ..., "step": ...}, ...]}`.
-
-    Internal topics carry batches because the broker and the Kafka clients spend far more
-    per message than the handlers spend per step. Public topics keep one event per message."""
-    items = b",".join(b'{"key":%b,"step":%b}' % (orjson.dumps(key), dumps(step)) for key, step in steps)
-    return b'{"kind":"%b","steps":[%b]}' % (STEP_BATCH.encode(), items)
-
-
-def split_steps(raw: bytes | None, key: bytes | None) -> list[tuple[str, Any]]:
-    """The (key, parsed JSON) of each step in a step-topic message: a batch, or a message
-    holding one step (as an operator re-publishes a dead-lettered one). Never raises: a
-    message that is not JSON comes back as one step whose JSON is the raw bytes, for the
-    step decoder to refuse, so the message is quarantined with its reason."""
-    own_key = key.decode(errors="replace") if key is not None else ""
-    try:
-        body = orjson.loads(raw) if raw is not None else None
-    except orjson.JSONDecodeError:
-        return [(own_key, raw)]
-    if isinstance(body, dict) and body.get("kind") == STEP_BATCH and isinstance(body.get("steps"), list):
-        return [(item.get("key", own_key), item.get("step")) if isinstance(item, dict) else (own_key, item)
-                for item in body["steps"]]
-    return [(own_key, body)]
-
-
 def dumps(value: Any) -> bytes:
     """Compact JSON. A model is written by its own serializer, straight to bytes: the same
     bytes as dumping it to a dict and that to JSON, in half the time."""
@@ -84,9 +51,10 @@ def loads(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
-def decode(raw: bytes, model: type[ModelT]) -> ModelT:
-    """Internal messages: written by this service, so a failure here is a bug, not bad input."""
-    return model.model_validate_json(raw)
+def stored_event(raw: bytes | memoryview | Any) -> Event:
+    """An event kept as it was published (a payment's outcome), to publish it again."""
+    value = bytes(raw)  # a msgspec.Raw, as records hold it, or bytes
+    return EVENTS_BY_TYPE[orjson.loads(value)["event_type"]].model_validate_json(value)
 
 
 def field_errors(error: ValidationError) -> tuple[FieldError, ...]:

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from uuid import UUID, uuid5
 
+from models.codec import dumps, event_headers
+from models.events import AccountFunded, Event
+from models.steps import Funding
 from models.types import MAX_AMOUNT, settlement_account
 
 TRANSACTION_NAMESPACE = UUID("0b7e8a52-2a44-4c55-9f0e-3d1f2f8c6a10")
@@ -87,3 +90,18 @@ def transfer(debit_account: str, credit_account: str, amount: int, currency: str
 def funding_postings(account_id: str, amount: int, currency: str) -> tuple[Posting, ...]:
     """Money arriving from outside: the settlement account goes negative by what came in."""
     return transfer(settlement_account(currency), account_id, amount, currency)
+
+
+def outbox(event: Event) -> OutboxMessage:
+    """The event as the outbox keeps it: published once its entry is committed."""
+    return OutboxMessage(event_id=event.event_id, topic=event.topic, key=event.key, value=dumps(event),
+                         headers=tuple(event_headers(event)))
+
+
+def funding_entry(funding: Funding, event: AccountFunded) -> JournalEntry:
+    return JournalEntry(
+        transaction_id=event.transaction_id, kind=EntryKind.FUNDING, idempotency_key=funding.idempotency_key,
+        fingerprint=funding.fingerprint, payment_id=None,
+        postings=funding_postings(funding.account_id, funding.amount, funding.currency),
+        outbox=(outbox(event),),
+    )

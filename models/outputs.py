@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from models.events import Event
-from models.steps import Step
-
-Route = Literal["payment", "account", "psp", "ledger"]
+from models.steps import OwnerStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,9 +15,10 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    route: Route
+    """A step for the owner of `key` (an account id, or a payment id for its directory entry)."""
+
     key: str
-    step: Step
+    step: OwnerStep
 
 
 Output = Publish | Dispatch

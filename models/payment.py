@@ -1,9 +1,8 @@
-"""A payment's record and the pure decisions its owner takes (key: payment_id).
+"""A payment's record and the pure decisions taken on it (it lives at the debtor's home).
 
-The record is the payment's memory: the fingerprint of the command that created it
-(so a repeat is recognised and a conflict refused), where it is in the flow, its
-one outcome, and its refunds. Records are kept for good: a payment can be asked
-about, or its command repeated, at any time.
+The record is the payment's memory: the fingerprint of the command that created it (so
+a repeat is recognised and a conflict refused), where it is in the flow (its provider
+call above all), its one outcome, as published, and its refunds.
 """
 
 from __future__ import annotations
@@ -12,40 +11,40 @@ from datetime import datetime
 from typing import Literal
 from uuid import NAMESPACE_URL, uuid5
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
-from models.commands import RefundPayment, RequestPayment
 from models.events import (
-    CommandRejected,
     FailureReason,
+    PaymentAuthorized,
     PaymentCaptured,
     PaymentFailed,
     PaymentInitiated,
     PaymentRefunded,
     RefundFailed,
     RefundFailureReason,
-    RejectionReason,
     event_id_for,
     now,
-    rejection_id_for,
 )
-from models.outputs import Dispatch, Output, Publish
-from models.steps import (
-    CheckCreditor,
-    Origin,
-    PaymentAuthorizedStep,
-    PaymentPosted,
-    PaymentStepFailed,
-    RefundPosted,
-    RefundStepFailed,
-    RefundSubmitted,
-    ReserveFunds,
-)
+from models.ledger import EntryKind, transaction_id_for
+from models.steps import Origin, PaymentRequest, Refusal
 
 PAYMENT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:payments-service:payment")
 
 PaymentStatus = Literal["pending", "captured", "failed", "refunded", "partially_refunded"]
 RefundStatus = Literal["pending", "refunded", "failed"]
+PspResult = Literal["in_flight", "approved", "declined", "gave_up"]
+
+# In the stored JSON of a payment whose provider call runs: the scan after a table
+# recovery finds them without parsing the other records.
+IN_FLIGHT_MARK = b'"psp":"in_flight"'
+
+
+# An event field that holds no event yet: msgspec reads a Raw field only as a plain Raw.
+NO_EVENT = msgspec.Raw(b"null")
+
+
+def has_event(raw: msgspec.Raw) -> bool:
+    return bytes(raw) != b"null"
 
 
 def payment_id_for(idempotency_key: str) -> str:
@@ -58,51 +57,64 @@ def refund_id_for(payment_id: str, idempotency_key: str) -> str:
     return str(uuid5(PAYMENT_NAMESPACE, f"refund/{payment_id}/{idempotency_key}"))
 
 
-class HistoryEntry(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class HistoryEntry(msgspec.Struct, frozen=True, array_like=True):
     step: str
     at: datetime
     detail: str | None = None
 
 
-class RefundRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class RefundRecord(msgspec.Struct, frozen=True, kw_only=True):
     refund_id: str
     fingerprint: str
     amount: int
     status: RefundStatus = "pending"
-    outcome: PaymentRefunded | RefundFailed | None = None
+    outcome: msgspec.Raw = NO_EVENT  # the PaymentRefunded or RefundFailed, as published
 
 
-class PaymentRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class Payment(msgspec.Struct, frozen=True, kw_only=True):
     payment_id: str
     fingerprint: str
-    request: RequestPayment
+    request: PaymentRequest
     status: PaymentStatus = "pending"
-    reason: FailureReason | None = None
+    reason: str | None = None
     detail: str | None = None
+    psp: PspResult | None = None
     psp_reference: str | None = None
-    outcome: PaymentCaptured | PaymentFailed | None = None
+    requested_at: Origin | None = None  # the step that started the provider call
+    outcome: msgspec.Raw = NO_EVENT  # the PaymentCaptured or PaymentFailed, as published
     history: tuple[HistoryEntry, ...] = ()
-    refunds: dict[str, RefundRecord] = Field(default_factory=dict)
+    refunds: dict[str, RefundRecord] = {}
     refunded_total: int = 0
     refund_pending: int = 0
+
+    @property
+    def decided(self) -> bool:
+        return has_event(self.outcome)
 
     @property
     def refundable(self) -> int:
         return self.request.amount - self.refunded_total - self.refund_pending
 
     def noted(self, step: str, note: str | None = None, *, at: datetime | None = None,
-              **changes: object) -> PaymentRecord:
-        entry = HistoryEntry(step=step, at=at or now(), detail=note)
-        return self.model_copy(update={**changes, "history": (*self.history, entry)})
+              **changes: object) -> Payment:
+        entry = HistoryEntry(step, at or now(), note)
+        return msgspec.structs.replace(self, history=(*self.history, entry), **changes)
 
 
-def payment_facts(payment_id: str, request: RequestPayment) -> dict[str, object]:
+def screen(request: PaymentRequest, risk_max_amount: int) -> Refusal | None:
+    """Checks that need no account: they fail a payment before anything is held."""
+    if request.debtor_account_id == request.creditor_account_id:
+        return Refusal(FailureReason.SAME_ACCOUNT.value, "debtor and creditor are the same account")
+    if request.amount > risk_max_amount:
+        return Refusal(FailureReason.RISK_REJECTED.value,
+                       f"amount {request.amount} exceeds the per-payment maximum {risk_max_amount}")
+    return None
+
+
+# --- the events about a payment ------------------------------------------------------------
+
+
+def payment_facts(payment_id: str, request: PaymentRequest) -> dict[str, object]:
     return {
         "payment_id": payment_id,
         "idempotency_key": request.idempotency_key,
@@ -113,171 +125,63 @@ def payment_facts(payment_id: str, request: RequestPayment) -> dict[str, object]
     }
 
 
-def conflict(command_type: str, idempotency_key: str, origin: Origin) -> CommandRejected:
-    return CommandRejected(
-        event_id=rejection_id_for(idempotency_key, origin.place),
-        command_type=command_type,
-        idempotency_key=idempotency_key,
-        reason=RejectionReason.IDEMPOTENCY_CONFLICT,
-        detail=f"idempotency key {idempotency_key!r} was used before with a different payload",
-    )
+def initiated_event(payment: Payment) -> PaymentInitiated:
+    return PaymentInitiated(event_id=event_id_for(payment.payment_id, "PaymentInitiated"),
+                            **payment_facts(payment.payment_id, payment.request))
 
 
-def screen(request: RequestPayment, risk_max_amount: int) -> tuple[FailureReason, str] | None:
-    """Checks that need no account: they fail a payment before anything is held."""
-    if request.debtor_account_id == request.creditor_account_id:
-        return FailureReason.SAME_ACCOUNT, "debtor and creditor are the same account"
-    if request.amount > risk_max_amount:
-        return FailureReason.RISK_REJECTED, (
-            f"amount {request.amount} exceeds the per-payment maximum {risk_max_amount}"
-        )
+def authorized_event(payment: Payment, psp_reference: str) -> PaymentAuthorized:
+    return PaymentAuthorized(event_id=event_id_for(payment.payment_id, "PaymentAuthorized"),
+                             **payment_facts(payment.payment_id, payment.request),
+                             psp_reference=psp_reference)
+
+
+def captured_event(payment: Payment, psp_reference: str) -> PaymentCaptured:
+    return PaymentCaptured(event_id=event_id_for(payment.payment_id, "PaymentCaptured"),
+                           **payment_facts(payment.payment_id, payment.request),
+                           psp_reference=psp_reference,
+                           transaction_id=transaction_id_for(EntryKind.CAPTURE, payment.payment_id))
+
+
+def failed_event(payment: Payment, refusal: Refusal, psp_reference: str | None) -> PaymentFailed:
+    return PaymentFailed(event_id=event_id_for(payment.payment_id, "PaymentFailed"),
+                         **payment_facts(payment.payment_id, payment.request),
+                         psp_reference=psp_reference, reason=FailureReason(refusal.reason),
+                         detail=refusal.detail)
+
+
+def refunded_event(payment_id: str, refund_id: str, refund_key: str, amount: int, currency: str
+                   ) -> PaymentRefunded:
+    return PaymentRefunded(event_id=event_id_for(refund_id, "PaymentRefunded"), payment_id=payment_id,
+                           idempotency_key=refund_key, amount=amount, currency=currency,
+                           transaction_id=transaction_id_for(EntryKind.REFUND, refund_id))
+
+
+def refund_failed_event(payment_id: str, refund_key: str, amount: int | None, refusal: Refusal
+                        ) -> RefundFailed:
+    refund_id = refund_id_for(payment_id, refund_key)
+    return RefundFailed(event_id=event_id_for(refund_id, "RefundFailed"), payment_id=payment_id,
+                        idempotency_key=refund_key, amount=amount,
+                        reason=RefundFailureReason(refusal.reason), detail=refusal.detail)
+
+
+# --- refunds ----------------------------------------------------------------------------------
+
+
+def refund_refusal(payment: Payment | None, payment_id: str, amount: int | None) -> Refusal | None:
+    if payment is None:
+        return Refusal(RefundFailureReason.UNKNOWN_PAYMENT.value, f"payment {payment_id} does not exist")
+    if payment.status not in ("captured", "partially_refunded", "refunded"):
+        return Refusal(RefundFailureReason.PAYMENT_NOT_CAPTURED.value,
+                       f"payment is {payment.status}, not captured")
+    wanted = amount if amount is not None else payment.refundable
+    if wanted <= 0 or wanted > payment.refundable:
+        return Refusal(RefundFailureReason.AMOUNT_EXCEEDS_REFUNDABLE.value,
+                       f"refund of {wanted} exceeds the refundable {payment.refundable} "
+                       f"(captured {payment.request.amount}, refunded {payment.refunded_total}, "
+                       f"in progress {payment.refund_pending})")
     return None
 
 
-def fail(record: PaymentRecord, reason: FailureReason, detail: str, psp_reference: str | None = None
-         ) -> tuple[PaymentRecord, list[Output]]:
-    if record.outcome is not None:
-        return record, []  # one outcome, never a different one later
-    event = PaymentFailed(
-        event_id=event_id_for(record.payment_id, "PaymentFailed"),
-        **payment_facts(record.payment_id, record.request),
-        psp_reference=psp_reference,
-        reason=reason,
-        detail=detail,
-    )
-    failed = record.noted("failed", f"{reason}: {detail}", status="failed", reason=reason,
-                          detail=detail, outcome=event)
-    return failed, [Publish(event)]
-
-
-def submit(record: PaymentRecord | None, payment_id: str, fingerprint: str, request: RequestPayment,
-           origin: Origin, risk_max_amount: int) -> tuple[PaymentRecord | None, list[Output]]:
-    if record is not None:
-        if record.fingerprint != fingerprint:
-            return record, [Publish(conflict("RequestPayment", request.idempotency_key, origin))]
-        # The same command again: no second effect; answer with the outcome once known.
-        return record, [Publish(record.outcome)] if record.outcome is not None else []
-    fresh = PaymentRecord(payment_id=payment_id, fingerprint=fingerprint, request=request)
-    screened = screen(request, risk_max_amount)
-    if screened is not None:
-        return fail(fresh.noted("submitted"), *screened)
-    initiated = PaymentInitiated(
-        event_id=event_id_for(payment_id, "PaymentInitiated"), **payment_facts(payment_id, request)
-    )
-    check = CheckCreditor(origin=origin, payment_id=payment_id, payment=request)
-    return fresh.noted("initiated"), [
-        Publish(initiated),
-        Dispatch("account", request.creditor_account_id, check),
-    ]
-
-
-def authorized(record: PaymentRecord, step: PaymentAuthorizedStep) -> PaymentRecord:
-    if record.status != "pending" or record.psp_reference is not None:
-        return record
-    return record.noted("authorized", psp_reference=step.psp_reference)
-
-
-def step_failed(record: PaymentRecord, step: PaymentStepFailed) -> tuple[PaymentRecord, list[Output]]:
-    return fail(record, step.reason, step.detail, step.psp_reference)
-
-
-def posted(record: PaymentRecord, step: PaymentPosted) -> PaymentRecord:
-    if record.outcome is not None:
-        return record
-    if step.authorized_at is not None and record.psp_reference is None:  # not noted by an earlier version
-        record = record.noted("authorized", at=step.authorized_at)
-    return record.noted("captured", status="captured", outcome=step.event,
-                        psp_reference=step.event.psp_reference)
-
-
-# --- refunds -------------------------------------------------------------------------------
-
-
-def refund_failed_event(payment_id: str, command: RefundPayment, reason: RefundFailureReason,
-                        detail: str) -> RefundFailed:
-    return RefundFailed(
-        event_id=event_id_for(refund_id_for(payment_id, command.idempotency_key), "RefundFailed"),
-        payment_id=payment_id, idempotency_key=command.idempotency_key, amount=command.amount,
-        reason=reason, detail=detail,
-    )
-
-
-def refund_refusal(record: PaymentRecord | None, command: RefundPayment
-                   ) -> tuple[RefundFailureReason, str] | None:
-    if record is None:
-        return RefundFailureReason.UNKNOWN_PAYMENT, f"payment {command.payment_id} does not exist"
-    if record.status not in ("captured", "partially_refunded", "refunded"):
-        return RefundFailureReason.PAYMENT_NOT_CAPTURED, f"payment is {record.status}, not captured"
-    amount = command.amount if command.amount is not None else record.refundable
-    if amount <= 0 or amount > record.refundable:
-        return RefundFailureReason.AMOUNT_EXCEEDS_REFUNDABLE, (
-            f"refund of {amount} exceeds the refundable {record.refundable} "
-            f"(captured {record.request.amount}, refunded {record.refunded_total}, "
-            f"in progress {record.refund_pending})"
-        )
-    return None
-
-
-def submit_refund(record: PaymentRecord | None, step: RefundSubmitted, origin: Origin
-                  ) -> tuple[PaymentRecord | None, list[Output]]:
-    command = step.command
-    known = record.refunds.get(command.idempotency_key) if record is not None else None
-    if known is not None:
-        if known.fingerprint != step.fingerprint:
-            return record, [Publish(conflict("RefundPayment", command.idempotency_key, origin))]
-        return record, [Publish(known.outcome)] if known.outcome is not None else []
-    refusal = refund_refusal(record, command)
-    if refusal is not None:
-        event = refund_failed_event(step.payment_id, command, *refusal)
-        if record is None:
-            return None, [Publish(event)]
-        refund = RefundRecord(refund_id=refund_id_for(step.payment_id, command.idempotency_key),
-                              fingerprint=step.fingerprint, amount=command.amount or 0,
-                              status="failed", outcome=event)
-        return _with_refund(record, command.idempotency_key, refund), [Publish(event)]
-    assert record is not None
-    amount = command.amount if command.amount is not None else record.refundable
-    refund = RefundRecord(refund_id=refund_id_for(record.payment_id, command.idempotency_key),
-                          fingerprint=step.fingerprint, amount=amount)
-    hold = ReserveFunds(
-        origin=origin, payment_id=record.payment_id, reservation_id=refund.refund_id,
-        account_id=record.request.creditor_account_id, amount=amount,
-        currency=record.request.currency, payment=record.request,
-        refund_key=command.idempotency_key,
-    )
-    updated = _with_refund(record, command.idempotency_key, refund).noted(
-        "refund_requested", f"{amount}", refund_pending=record.refund_pending + amount)
-    return updated, [Dispatch("account", hold.account_id, hold)]
-
-
-def _with_refund(record: PaymentRecord, key: str, refund: RefundRecord) -> PaymentRecord:
-    return record.model_copy(update={"refunds": {**record.refunds, key: refund}})
-
-
-def refund_posted(record: PaymentRecord, step: RefundPosted) -> PaymentRecord:
-    key = step.event.idempotency_key
-    refund = record.refunds.get(key)
-    if refund is None or refund.status != "pending":
-        return record
-    total = record.refunded_total + refund.amount
-    status: PaymentStatus = "refunded" if total >= record.request.amount else "partially_refunded"
-    done = refund.model_copy(update={"status": "refunded", "outcome": step.event})
-    return _with_refund(record, key, done).noted(
-        "refunded", f"{refund.amount}", status=status, refunded_total=total,
-        refund_pending=record.refund_pending - refund.amount)
-
-
-def refund_step_failed(record: PaymentRecord, step: RefundStepFailed
-                       ) -> tuple[PaymentRecord, list[Output]]:
-    refund = record.refunds.get(step.refund_key)
-    if refund is None or refund.status != "pending":
-        return record, []
-    event = RefundFailed(
-        event_id=event_id_for(refund.refund_id, "RefundFailed"), payment_id=record.payment_id,
-        idempotency_key=step.refund_key, amount=refund.amount, reason=step.reason,
-        detail=step.detail,
-    )
-    done = refund.model_copy(update={"status": "failed", "outcome": event})
-    updated = _with_refund(record, step.refund_key, done).noted(
-        "refund_failed", step.detail, refund_pending=record.refund_pending - refund.amount)
-    return updated, [Publish(event)]
+def with_refund(payment: Payment, key: str, refund: RefundRecord, **changes: object) -> Payment:
+    return msgspec.structs.replace(payment, refunds={**payment.refunds, key: refund}, **changes)

@@ -1,0 +1,112 @@
+"""The one crash-safety protocol every agent runs: decide, send and confirm, record and confirm, ack.
+
+The order is the point. An agent takes a batch, decides (the owner also commits its
+journal entries to PostgreSQL), sends what the decisions say and waits until the broker
+has acknowledged every message, then records its table state and waits for the
+changelog, and only then lets Faust ack the batch (by asking for the next one). A crash
+at any moment leaves either nothing, or outputs whose receivers recognise a repeat by
+its origin: never a recorded state whose messages were lost. Only after the state is
+recorded does an agent act outside Kafka and PostgreSQL (a provider call, a void).
+
+A message arrives as a batch of records (infra/kafka_transport.py, batch delivery); a
+record of the steps topic holds several steps. `unpack` gives each its position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import faust
+from aiokafka.structs import ConsumerRecord
+
+from agents.outlet import Outlet, Sendable
+from infra.crash import crash_point
+from models.steps import Origin
+from tables.state import Changes, StateTable
+
+log = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+
+# An exception escaping an agent makes Faust ack the batch: the worker exits instead
+# (EX_SOFTWARE), so the batch is redelivered after the restart.
+AGENT_CRASHED_EXIT_CODE = 70
+# Events per agent batch (an event is one partition's records of one fetch) and how long
+# to wait for more once one is in hand: a fetch hands over all its partitions at once.
+BATCH_EVENTS_MAX = 64
+BATCH_WITHIN_SECONDS = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Generic[ItemT]):
+    """One item as its agent receives it: a command, or one step of a batch of steps."""
+
+    at: Origin  # where it was read: the record's position, and its index in the record
+    record: ConsumerRecord
+    item: ItemT
+
+
+def records_of(events: Sequence[faust.EventT]) -> list[ConsumerRecord]:
+    return [record for event in events for record in event.message.records]
+
+
+def unpack(events: Sequence[faust.EventT], split: Callable[[bytes | None], list[ItemT]]
+           ) -> list[Delivery[ItemT]]:
+    """The items of a batch, in order, each with its position."""
+    found = []
+    for record in records_of(events):
+        for index, item in enumerate(split(record.value)):
+            found.append(Delivery(Origin(record.topic, record.partition, record.offset, index), record, item))
+    return found
+
+
+@dataclass
+class Done:
+    """What a handler made of a batch: to send, then to record, then to do."""
+
+    outputs: list[Sendable] = field(default_factory=list)
+    changes: Changes = field(default_factory=dict)
+    parsed: dict[bytes, Any] = field(default_factory=dict)
+    after: Callable[[], Awaitable[None]] | None = None
+
+
+class Handler(Protocol[ItemT]):
+    def split(self, value: bytes | None) -> list[ItemT]: ...
+
+    async def take(self, deliveries: list[Delivery[ItemT]]) -> Done: ...
+
+
+async def run(name: str, stream: faust.StreamT, handler: Handler[Any], outlet: Outlet,
+              table: StateTable[Any]) -> None:
+    async for events in stream.take_events(BATCH_EVENTS_MAX, BATCH_WITHIN_SECONDS):
+        done = await handler.take(unpack(events, handler.split))
+        await outlet.send(done.outputs)
+        crash_point(f"{name}.after_send")
+        await table.record(done.changes, done.parsed)
+        crash_point(f"{name}.after_record")
+        if done.after is not None:
+            await done.after()
+
+
+def install(app: faust.App, name: str, topics: Sequence[str], body: Callable[[faust.StreamT], Awaitable[None]]
+            ) -> None:
+    """A money-moving agent: one actor per worker (concurrency 1), so offsets are acked in
+    order, and never acked past a failure (the worker exits instead)."""
+    source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
+
+    async def guarded(stream: faust.StreamT) -> None:
+        try:
+            await body(stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - anything here would be acked past
+            log.critical("agent %s failed; exiting so its batch is redelivered", name, exc_info=True)
+            os._exit(AGENT_CRASHED_EXIT_CODE)
+
+    guarded.__name__ = name
+    app.agent(source, name=name, concurrency=1)(guarded)
