@@ -23,7 +23,7 @@ from agents.owner import Owner
 from agents.psp import CHECK_INTERVAL_SECONDS, Calls
 from infra.kafka_transport import deliver_in_batches
 from infra.metrics import Metrics
-from infra.producer import BatchProducer, partition_for
+from infra.producer import Producers, partition_for
 from infra.topics import ACCOUNT_COMMANDS, APP_ID, PAYMENT_COMMANDS, STEPS
 from ledger.store import LedgerStore
 from models.intake import KeyUse
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MESSAGE_SIZE_MAX_BYTES = 16 * 1024 * 1024
 # A batch's state changes of one partition go in one record batch (tables/state.py).
 RECORD_BATCH_MAX_BYTES = 8 * 1024 * 1024
+# The parts of a worker that send, each with a producer of its own (infra/producer.py).
+PARTS = ("intake", "owner", "answers", "relay", "web")
 
 
 @dataclass
@@ -93,38 +95,42 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     def partition_of(key: str) -> int:
         return partition_for(key.encode(), partitions)
 
-    producers: list[BatchProducer] = []
+    producers = Producers(app.producer._new_producer)  # noqa: SLF001 - Faust's settings, TLS and SASL included
 
-    def producer() -> BatchProducer:
-        if not producers:
-            producers.append(BatchProducer(app.producer._ensure_producer()))  # noqa: SLF001 - aiokafka's own
-        return producers[0]
+    def outlet(part: str) -> Outlet:
+        return Outlet(producers.of(part), partitions)
 
-    outlet = Outlet(producer, partitions)
     ledger = Ledger(database_url)
-    owners: StateTable[owners_table.Value] = StateTable(app, "owners", partitions, owners_table.decode, producer)
-    keys: StateTable[KeyUse] = StateTable(app, "idempotency_keys", partitions, decode_key_use, producer)
+    owners: StateTable[owners_table.Value] = StateTable(app, "owners", partitions, owners_table.decode,
+                                                        producers.of("owner"))
+    keys: StateTable[KeyUse] = StateTable(app, "idempotency_keys", partitions, decode_key_use,
+                                          producers.of("intake"))
     psp = build_psp(settings.psp_url)
-    calls = Calls(psp, RetryPolicy(), metrics, outlet, partition_of)
+    calls = Calls(psp, RetryPolicy(), metrics, outlet("answers"), partition_of)
     owner = Owner(owners, ledger, calls, metrics, Limits(settings.risk_max_amount), partition_of)
     intake = Intake(keys, metrics)
 
     async def take_commands(stream: faust.StreamT) -> None:
-        await loop.run("intake", stream, intake, outlet, keys)
+        await loop.run("intake", stream, intake, outlet("intake"), keys, metrics)
 
     async def own_steps(stream: faust.StreamT) -> None:
-        await loop.run("owner", stream, owner, outlet, owners)
+        await loop.run("owner", stream, owner, outlet("owner"), owners, metrics)
 
     loop.install(app, "intake", [PAYMENT_COMMANDS, ACCOUNT_COMMANDS], take_commands)
     loop.install(app, "owner", [STEPS], own_steps)
     _install_calls(app, calls, owners)
-    relay.install(app, database_url, outlet, ledger, metrics)
+    relay.install(app, database_url, outlet("relay"), ledger, metrics)
     monitor.install(app, metrics, owners)
-    web.install(app, web.Web(app, owners, keys, outlet, ledger, metrics))
+    web.install(app, web.Web(app, owners, keys, outlet("web"), ledger, metrics))
+
+    @app.task
+    async def start_producers() -> None:
+        await producers.start(*PARTS)
 
     @app.on_before_shutdown.connect
     async def close(app: faust.App, **_: object) -> None:
         await psp.close()
+        await producers.stop()
 
     return app
 

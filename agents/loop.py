@@ -15,8 +15,10 @@ record of the steps topic holds several steps. `unpack` gives each its position.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -26,6 +28,7 @@ from aiokafka.structs import ConsumerRecord
 
 from agents.outlet import Outlet, Sendable
 from infra.crash import crash_point
+from infra.metrics import Metrics
 from models.steps import Origin
 from tables.state import Changes, StateTable
 
@@ -82,15 +85,29 @@ class Handler(Protocol[ItemT]):
 
 
 async def run(name: str, stream: faust.StreamT, handler: Handler[Any], outlet: Outlet,
-              table: StateTable[Any]) -> None:
+              table: StateTable[Any], metrics: Metrics) -> None:
+    phase = functools.partial(metrics.batch_phase.labels, name)
+    size = metrics.batch_size.labels(name)
     async for events in stream.take_events(BATCH_EVENTS_MAX, BATCH_WITHIN_SECONDS):
-        done = await handler.take(unpack(events, handler.split))
+        started = time.perf_counter()
+        deliveries = unpack(events, handler.split)
+        size.observe(len(deliveries))
+        done = await handler.take(deliveries)
+        decided = time.perf_counter()
         await outlet.send(done.outputs)
         crash_point(f"{name}.after_send")
+        sent = time.perf_counter()
         await table.record(done.changes, done.parsed)
         crash_point(f"{name}.after_record")
+        recorded = time.perf_counter()
         if done.after is not None:
             await done.after()
+        phase("decide").observe(decided - started)
+        phase("send").observe(sent - decided)
+        phase("record").observe(recorded - sent)
+        finished = time.perf_counter()
+        phase("after").observe(finished - recorded)
+        metrics.step_duration.labels(name).observe(finished - started)
 
 
 def install(app: faust.App, name: str, topics: Sequence[str], body: Callable[[faust.StreamT], Awaitable[None]]

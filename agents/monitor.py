@@ -39,6 +39,7 @@ NO_HOLDS_MARK = b'"holds":{}'
 # a database outage is busy, not stalled), and every second a stall lasts, payments wait.
 STALL_SECONDS = 5.0
 POSITION_WAIT_SECONDS = 1.0
+LOOP_PROBE_SECONDS = 0.01
 
 
 def waiting(committed: int, end: int | None, fetched: int | None) -> int:
@@ -134,6 +135,15 @@ def install(app: faust.App, metrics: Metrics, owners: StateTable[Value]) -> None
         for tp in partitions:
             lag = await watch_partition(consumer, tp, highwaters.get(tp), now, progress)
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    @app.task
+    async def watch_loop() -> None:
+        """The event loop's lag: how late a short sleep wakes up. Every batch, call and
+        request of the worker waits that long on top of its own time."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_SECONDS)
+            metrics.loop_lag.observe(max(0.0, time.perf_counter() - started - LOOP_PROBE_SECONDS))
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:

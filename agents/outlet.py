@@ -7,7 +7,7 @@ acknowledgements before it records the batch's state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka.structs import ConsumerRecord
@@ -32,7 +32,7 @@ class DeadLetter:
     code: str  # unreadable | step_failed
 
 
-Sendable = Output | DeadLetter
+Sendable = Output | DeadLetter | Outgoing  # the last: a message already encoded (an outbox row)
 
 
 def event_message(event: Event) -> Outgoing:
@@ -66,8 +66,8 @@ def step_messages(dispatches: Iterable[Dispatch], partitions: int) -> list[Outgo
 
 
 class Outlet:
-    def __init__(self, producer: Callable[[], BatchProducer], partitions: int) -> None:
-        self._producer = producer  # the app's, once it runs
+    def __init__(self, producer: Callable[[], Awaitable[BatchProducer]], partitions: int) -> None:
+        self._producer = producer
         self.partitions = partitions
 
     def messages(self, outputs: Sequence[Sendable]) -> list[Outgoing]:
@@ -77,6 +77,8 @@ class Outlet:
                 messages.append(event_message(output.event))
             elif isinstance(output, Dispatch):
                 dispatches.append(output)
+            elif isinstance(output, Outgoing):
+                messages.append(output)
             else:
                 messages.append(dead_letter_message(output))
         return messages + step_messages(dispatches, self.partitions)
@@ -87,4 +89,4 @@ class Outlet:
             await self.send_messages(self.messages(outputs))
 
     async def send_messages(self, messages: Sequence[Outgoing]) -> None:
-        await confirm(await self._producer().send(messages))
+        await confirm(await (await self._producer()).send(messages))

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from agents.loop import Delivery, Done
-from agents.outlet import DeadLetter
+from agents.outlet import DeadLetter, Sendable
 from agents.psp import Calls
 from infra.crash import crash_point
 from infra.logs import payment_context
 from infra.metrics import Metrics
+from infra.producer import Outgoing
 from ledger.accounts import AccountRow
 from ledger.store import LedgerStore
 from models import owner
@@ -73,6 +74,14 @@ class Creditors:
         return found
 
 
+def committed_events(effects: Effects) -> list[Outgoing]:
+    """The outbox rows of the batch's entries, published by the batch itself once they are
+    committed (the loop sends them with its outputs, and redelivers the batch, entries and
+    all, until they are acknowledged). The relay publishes only what no batch marked."""
+    return [Outgoing(message.topic, message.key.encode(), message.value, message.headers)
+            for entry, _ in effects.entries for message in entry.outbox]
+
+
 def account_row(account: Account) -> AccountRow:
     return AccountRow(account_id=account.account_id, owner_id=account.owner_id, currency=account.currency,
                       overdraft_limit=account.overdraft_limit, kyc_status=account.kyc_status,
@@ -104,7 +113,6 @@ class Owner:
         return decode_message(value)
 
     async def take(self, deliveries: list[Delivery[Item]]) -> Done:
-        started = time.perf_counter()
         facts = await self.prepare(deliveries)
         view = OwnerView(self.table, self.partition_of)
         decided = self.decide(view, deliveries, facts)
@@ -121,9 +129,9 @@ class Owner:
             crash_point("owner.after_commit")
         if effects.republish:
             await (await self.store()).republish(effects.republish)
-        outputs = [*effects.outputs, *(self.dead_letter(delivery, reason) for delivery, reason in decided.bad)]
+        outputs: list[Sendable] = [*effects.outputs, *committed_events(effects),
+                                   *(self.dead_letter(delivery, reason) for delivery, reason in decided.bad)]
         changes, parsed = view.changes()
-        self.metrics.step_duration.labels("owner").observe(time.perf_counter() - started)
 
         async def after() -> None:
             await self.after(view, effects)
@@ -207,9 +215,12 @@ class Owner:
         return DeadLetter(delivery.record, value, delivery.at.index, reason, "step_failed")
 
     async def after(self, view: OwnerView, effects: Effects) -> None:
-        """Once the state is recorded: start the calls of payments still in flight (the
-        holder of the partition finds them again whatever happens to this worker), ask
-        the voids, count and log what happened."""
+        """Once the state is recorded: mark the outbox rows this batch published, start the
+        calls of payments still in flight (the holder of the partition finds them again
+        whatever happens to this worker), ask the voids, count and log what happened."""
+        published = [message.event_id for entry, _ in effects.entries for message in entry.outbox]
+        if published:
+            await (await self.store()).mark_published(published)
         for payment in effects.calls:
             current = view.payment(payment.payment_id)
             if current is not None and current.psp == "in_flight":

@@ -1,4 +1,10 @@
-"""The outbox relay, as a task of every worker: committed outbox rows to Kafka, in order."""
+"""The outbox relay, as a task of every worker: the safety net of the outbox.
+
+The owner publishes the outbox rows of its entries itself, in the batch that committed
+them, and marks them published (agents/owner.py). The relay publishes what is still
+unmarked after CLAIM_AFTER_SECONDS: rows whose batch was cut short after its commit by
+a crash (its redelivery publishes them too: consumers dedupe on event_id), or written by
+anything else."""
 
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ from infra.producer import Outgoing
 from ledger.outbox import OutboxRelay, OutboxRow
 from ledger.store import LedgerStore
 
-POLL_INTERVAL_SECONDS = 0.5  # LISTEN/NOTIFY wakes it at once; the poll is the fallback
+POLL_INTERVAL_SECONDS = 1.0
+CLAIM_AFTER_SECONDS = 10.0  # a batch marks its rows within milliseconds of their commit
 
 
 def install(app: faust.App, database_url: str, outlet: Outlet, store: Callable[[], Awaitable[LedgerStore]],
@@ -23,7 +30,8 @@ def install(app: faust.App, database_url: str, outlet: Outlet, store: Callable[[
                                     for row in rows])
         crash_point("relay.after_publish")
 
-    relay = OutboxRelay(database_url, publish, poll_interval_seconds=POLL_INTERVAL_SECONDS)
+    relay = OutboxRelay(database_url, publish, poll_interval_seconds=POLL_INTERVAL_SECONDS,
+                        claim_after_seconds=CLAIM_AFTER_SECONDS, listen=False)
 
     @app.task
     async def relay_outbox() -> None:

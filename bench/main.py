@@ -32,7 +32,8 @@ from bench import WORKLOADS, account_ids, check_worker_counts, classic, report, 
 from bench.ledger_writer import BATCH_SIZES, measure_ledger_writer
 from bench.service import Outcomes, ServiceBench, WorkerProbe
 from infra.database import create_database, drop_database
-from infra.driver import ServiceDriver
+from infra.driver import OUTCOME_TOPICS, ServiceDriver
+from models.events import AccountFunded, AccountOpened
 from infra.embedded import infrastructure
 from infra.topics import ensure_topics, service_topics
 from infra.worker_process import WorkerProcess
@@ -40,6 +41,9 @@ from ledger.migrate import migrate
 from settings import Settings
 
 console = Console()
+# What the benchmark's driver follows: the outcomes, and the accounts' answers it waits for
+# before the payments. Fetching costs the shared broker per partition, so no more.
+BENCH_TOPICS = (*OUTCOME_TOPICS, AccountOpened.topic, AccountFunded.topic)
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ async def _service(
     """Per worker count (workers join the running ones): warm-up, then each workload's
     throughput and latency. The best count per workload is reported, every count in `trials`."""
     await asyncio.to_thread(workers.grow_to, worker_counts[0])
-    driver = await ServiceDriver(bootstrap).start()
+    driver = await ServiceDriver(bootstrap, topics=BENCH_TOPICS).start()
     outcomes, probe = Outcomes(driver), WorkerProbe(workers.pids)
     run_id = uuid.uuid4().hex[:8]
     bench = ServiceBench(driver, outcomes, progress, run_id)

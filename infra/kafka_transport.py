@@ -27,10 +27,13 @@
    changelog partition reads that last batch and answers one past its last record
    (Apache Kafka's answer, which it gives anyway).
 
-4. A configurable consumer fetch wait. Faust hard-codes `fetch_max_wait_ms=1500`; Apache
-   Kafka answers a parked fetch as soon as data arrives, so there the value only bounds
-   idle polling, but the embedded broker answers at the end of the wait, which adds the
-   whole wait to every hop. PAYMENTS_CONSUMER_FETCH_WAIT_MS.
+4. Paced fetches. A fetch waits until FETCH_MIN_BYTES are there or the fetch wait has
+   passed (PAYMENTS_CONSUMER_FETCH_WAIT_MS; Faust hard-codes 1,500 ms, and the embedded
+   broker answers an empty fetch only at the end of the wait, adding the whole wait to
+   every hop). With Faust's minimum of one byte, a consumer whose partitions receive a
+   little all the time fetched ~750 times a second, and the broker spent ~0.6 ms of CPU
+   on each fetch of 24 partitions: half a core at 200 payments/s. Waiting for the bytes
+   (or the wait) costs a hop at most the fetch wait, and fetches many records at once.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FETCH_WAIT_ENV = "PAYMENTS_CONSUMER_FETCH_WAIT_MS"
 FETCH_WAIT_DEFAULT_MS = 5
+FETCH_MIN_BYTES = 1024 * 1024
 # A jump seen again in this many fetches after seeking back over it is real: the
 # offsets do not exist (a topic written with Kafka transactions has control records).
 REAL_GAP_AFTER_FETCHES = 3
@@ -111,6 +115,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = int(os.environ.get(FETCH_WAIT_ENV, FETCH_WAIT_DEFAULT_MS))
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
         return consumer
 
 

@@ -23,6 +23,14 @@ class Metrics:
                                     ["topic", "reason"], registry=registry)
         self.step_duration = Histogram("payments_step_duration_seconds", "Time to handle one step.",
                                        ["step"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_phase = Histogram("payments_batch_phase_duration_seconds",
+                                     "Time an agent batch spends in each phase of its protocol.",
+                                     ["agent", "phase"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_size = Histogram("payments_batch_size", "Items (commands or steps) per agent batch.",
+                                    ["agent"], buckets=BATCH_BUCKETS, registry=registry)
+        self.loop_lag = Histogram("payments_event_loop_lag_seconds",
+                                  "How late the worker's event loop ran a timer: time it spent on other work.",
+                                  buckets=LATENCY_BUCKETS, registry=registry)
         self.end_to_end = Histogram("payments_end_to_end_duration_seconds",
                                     "From command accepted to outcome recorded.", ["outcome"],
                                     buckets=LATENCY_BUCKETS, registry=registry)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,3 +74,43 @@ class BatchProducer:
                                  headers=list(message.headers))
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         return futures
+
+
+class Producers:
+    """One producer per part of the worker that sends (the intake, the owner, the provider
+    answers, the outbox relay, the web surface).
+
+    aiokafka keeps one request in flight per broker: parts sharing a producer queue behind
+    each other's sends, and an agent's two round trips per batch (outputs, then state)
+    each waited for whatever else the worker was sending. Each part's own producer, made
+    by `make` (Faust's, so that its settings, TLS and SASL included, are the same), keeps
+    the waits its own."""
+
+    def __init__(self, make: Callable[[], AIOKafkaProducer]) -> None:
+        self._make = make
+        self._started: dict[str, BatchProducer] = {}
+        self._lock = asyncio.Lock()
+
+    def of(self, name: str) -> Callable[[], Awaitable[BatchProducer]]:
+        async def producer() -> BatchProducer:
+            return self._started.get(name) or await self._start(name)
+
+        return producer
+
+    async def _start(self, name: str) -> BatchProducer:
+        async with self._lock:
+            if name not in self._started:
+                producer = self._make()
+                await producer.start()
+                self._started[name] = BatchProducer(producer)
+            return self._started[name]
+
+    async def start(self, *names: str) -> None:
+        """Start these producers now, not on their first send (whose wait they would add)."""
+        for name in names:
+            await self.of(name)()
+
+    async def stop(self) -> None:
+        for started in self._started.values():
+            await started.producer.stop()
+        self._started.clear()

@@ -1,8 +1,11 @@
-"""The SQL of one write_batch transaction: set-based inserts, one round trip per table.
+"""The SQL of a write_batch: one statement, so one round trip and its own transaction.
 
-Each function takes the connection of an open transaction; ledger.store composes them
-and owns retrying. Arrays go in through unnest(), so a batch of 500 entries costs the
-same five statements as a batch of one.
+Data-modifying CTEs insert the accounts a batch opens (and the settlement accounts its
+fundings need), the journal entries not written before, their legs and their outbox rows;
+the final SELECT says which entries were new and, for the others, how they were first
+written (it sees the rows as they were before the statement). Arrays go in through
+unnest(), so a batch of 500 entries costs what a batch of one does. The deferred balance
+trigger runs at the statement's commit.
 """
 
 from __future__ import annotations
@@ -21,52 +24,50 @@ from models.types import is_settlement_account
 
 Entries = Sequence[tuple[JournalEntry, Origin]]
 
-# Sorted by transaction_id so that two batches sharing entries take the unique-index
-# locks in the same order and cannot deadlock each other.
-INSERT_TRANSACTIONS = """
-INSERT INTO ledger_transactions (transaction_id, kind, idempotency_key, fingerprint,
-                                 payment_id, origin_topic, origin_partition, origin_offset,
-                                 origin_index)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::int[], $8::bigint[], $9::int[])
-    AS entry(transaction_id, kind, idempotency_key, fingerprint, payment_id, origin_topic,
-             origin_partition, origin_offset, origin_index)
-ORDER BY transaction_id
-ON CONFLICT (transaction_id) DO NOTHING
-RETURNING transaction_id
-"""
-
-ENSURE_SETTLEMENT_ACCOUNTS = """
-INSERT INTO accounts (account_id, currency, kyc_status, kind)
-SELECT account_id, currency, 'verified', 'settlement'
-FROM unnest($1::text[], $2::text[]) AS settlement(account_id, currency)
-ORDER BY account_id
-ON CONFLICT DO NOTHING
-"""
-
-# WITH ORDINALITY + ORDER BY: posting_id and outbox_id follow the order of the batch,
-# which is the order events of one key must be published in.
-INSERT_POSTINGS = """
-INSERT INTO postings (transaction_id, account_id, amount, currency, payment_id)
-SELECT transaction_id, account_id, amount, currency, payment_id
-FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY
-    AS leg(transaction_id, account_id, amount, currency, payment_id, position)
-ORDER BY position
-"""
-
-INSERT_OUTBOX = """
-INSERT INTO outbox (event_id, topic, key, value, headers)
-SELECT event_id, topic, key, value, headers::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[]) WITH ORDINALITY
-    AS message(event_id, topic, key, value, headers, position)
-ORDER BY position
-"""
-
-INSERT_ACCOUNTS = """
-INSERT INTO accounts (account_id, owner_id, currency, overdraft_limit, kyc_status, status)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-ORDER BY 1
-ON CONFLICT (account_id) DO NOTHING
+# Inserts are sorted (accounts by id, entries by transaction_id) so that two batches
+# sharing rows take the unique-index locks in the same order and cannot deadlock each
+# other. WITH ORDINALITY + ORDER BY: posting_id and outbox_id follow the order of the
+# batch, which is the order events of one key must be published in.
+WRITE_BATCH = """
+WITH opened AS (
+    INSERT INTO accounts (account_id, owner_id, currency, overdraft_limit, kyc_status, status, kind)
+    SELECT * FROM (
+        SELECT *, 'customer' FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                                         $6::text[])
+        UNION ALL
+        SELECT account_id, NULL, currency, 0, 'verified', 'active', 'settlement'
+        FROM unnest($7::text[], $8::text[]) AS settlement(account_id, currency)
+    ) AS opening ORDER BY 1
+    ON CONFLICT (account_id) DO NOTHING
+), entry AS (
+    INSERT INTO ledger_transactions (transaction_id, kind, idempotency_key, fingerprint, payment_id,
+                                     origin_topic, origin_partition, origin_offset, origin_index)
+    SELECT * FROM unnest($9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::int[], $16::bigint[], $17::int[])
+    ORDER BY 1
+    ON CONFLICT (transaction_id) DO NOTHING
+    RETURNING transaction_id
+), legs AS (
+    INSERT INTO postings (transaction_id, account_id, amount, currency, payment_id)
+    SELECT leg.transaction_id, leg.account_id, leg.amount, leg.currency, leg.payment_id
+    FROM unnest($18::uuid[], $19::text[], $20::bigint[], $21::text[], $22::text[]) WITH ORDINALITY
+        AS leg(transaction_id, account_id, amount, currency, payment_id, position)
+    WHERE leg.transaction_id IN (SELECT transaction_id FROM entry)
+    ORDER BY leg.position
+), events AS (
+    INSERT INTO outbox (event_id, topic, key, value, headers)
+    SELECT message.event_id, message.topic, message.key, message.value, message.headers::jsonb
+    FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::text[], $27::bytea[], $28::text[])
+        WITH ORDINALITY AS message(event_id, transaction_id, topic, key, value, headers, position)
+    WHERE message.transaction_id IN (SELECT transaction_id FROM entry)
+    ORDER BY message.position
+)
+SELECT transaction_id, true AS applied, NULL AS fingerprint, NULL AS origin_topic,
+       NULL::int AS origin_partition, NULL::bigint AS origin_offset, NULL::int AS origin_index
+FROM entry
+UNION ALL
+SELECT transaction_id, false, fingerprint, origin_topic, origin_partition, origin_offset, origin_index
+FROM ledger_transactions WHERE transaction_id = ANY($9::uuid[])
 """
 
 SELECT_STORED = """
@@ -74,13 +75,10 @@ SELECT transaction_id, fingerprint, origin_topic, origin_partition, origin_offse
 FROM ledger_transactions WHERE transaction_id = ANY($1::uuid[])
 """
 
-
-async def insert_accounts(connection: asyncpg.Connection, rows: Sequence[AccountRow]) -> None:
-    """Accounts opened by the batch (before their postings, which reference them)."""
-    if rows:
-        await connection.execute(INSERT_ACCOUNTS, *zip(*(
-            (row.account_id, row.owner_id, row.currency, row.overdraft_limit, row.kyc_status, row.status)
-            for row in rows), strict=True))
+MARK_PUBLISHED = """
+UPDATE outbox SET published_at = clock_timestamp()
+WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL
+"""
 
 
 def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
@@ -93,45 +91,30 @@ def decode_headers(document: str) -> list[tuple[str, bytes]]:
     return [(name, base64.b64decode(value)) for name, value in orjson.loads(document)]
 
 
-async def insert_transactions(connection: asyncpg.Connection, entries: Entries) -> set[UUID]:
-    """Insert the entries' transactions; return the ids that were not there before."""
-    columns = list(zip(*(
-        (entry.transaction_id, str(entry.kind), entry.idempotency_key, entry.fingerprint,
-         entry.payment_id, origin.topic, origin.partition, origin.offset, origin.index)
-        for entry, origin in entries
-    ), strict=True))
-    rows = await connection.fetch(INSERT_TRANSACTIONS, *columns)
-    return {row["transaction_id"] for row in rows}
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows as the columns unnest() takes (empty columns for no rows)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def ensure_settlement_accounts(connection: asyncpg.Connection, entries: Entries) -> None:
-    settlement = sorted({
-        (posting.account_id, posting.currency)
-        for entry, _ in entries for posting in entry.postings
-        if is_settlement_account(posting.account_id)
-    })
-    if settlement:
-        await connection.execute(ENSURE_SETTLEMENT_ACCOUNTS, *zip(*settlement, strict=True))
+def write_arguments(opened: Sequence[AccountRow], entries: Entries) -> list[list[object]]:
+    """The WRITE_BATCH parameters: entries with distinct transaction ids, in order."""
+    accounts = [(row.account_id, row.owner_id, row.currency, row.overdraft_limit, row.kyc_status, row.status)
+                for row in opened]
+    settlement = sorted({(posting.account_id, posting.currency) for entry, _ in entries
+                         for posting in entry.postings if is_settlement_account(posting.account_id)})
+    journal = [(entry.transaction_id, str(entry.kind), entry.idempotency_key, entry.fingerprint, entry.payment_id,
+                origin.topic, origin.partition, origin.offset, origin.index) for entry, origin in entries]
+    legs = [(entry.transaction_id, posting.account_id, posting.amount, posting.currency, entry.payment_id)
+            for entry, _ in entries for posting in entry.postings]
+    messages = [(message.event_id, entry.transaction_id, message.topic, message.key, message.value,
+                 encode_headers(message.headers)) for entry, _ in entries for message in entry.outbox]
+    return [*_columns(accounts, 6), *_columns(settlement, 2), *_columns(journal, 9), *_columns(legs, 5),
+            *_columns(messages, 6)]
 
 
-async def insert_postings(connection: asyncpg.Connection, entries: Entries) -> None:
-    legs = [
-        (entry.transaction_id, posting.account_id, posting.amount, posting.currency,
-         entry.payment_id)
-        for entry, _ in entries for posting in entry.postings
-    ]
-    if legs:
-        await connection.execute(INSERT_POSTINGS, *zip(*legs, strict=True))
-
-
-async def insert_outbox(connection: asyncpg.Connection, entries: Entries) -> None:
-    messages = [
-        (message.event_id, message.topic, message.key, message.value,
-         encode_headers(message.headers))
-        for entry, _ in entries for message in entry.outbox
-    ]
-    if messages:
-        await connection.execute(INSERT_OUTBOX, *zip(*messages, strict=True))
+async def write(connection: asyncpg.Connection, opened: Sequence[AccountRow], entries: Entries
+                ) -> list[asyncpg.Record]:
+    return await connection.fetch(WRITE_BATCH, *write_arguments(opened, entries))  # type: ignore[no-any-return]
 
 
 async def stored_first_writes(
@@ -142,3 +125,7 @@ async def stored_first_writes(
         return {}
     rows = await connection.fetch(SELECT_STORED, list(transaction_ids))
     return {row["transaction_id"]: row for row in rows}
+
+
+async def mark_published(connection: asyncpg.Connection, event_ids: Sequence[UUID]) -> None:
+    await connection.execute(MARK_PUBLISHED, list(event_ids))

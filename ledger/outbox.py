@@ -36,7 +36,7 @@ CLAIM_LOCK_KEY = 0x6F7574626F78  # "outbox"
 TRY_CLAIM = "SELECT pg_try_advisory_xact_lock($1)"
 CLAIM = """
 SELECT outbox_id, event_id, topic, key, value, headers::text AS headers
-FROM outbox WHERE published_at IS NULL
+FROM outbox WHERE published_at IS NULL AND created_at <= clock_timestamp() - make_interval(secs => $2)
 ORDER BY outbox_id LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
@@ -66,13 +66,19 @@ class OutboxRelay:
     def __init__(
         self, database_url: str, publish: Publish, *, batch_size_max: int = 500,
         poll_interval_seconds: float = 1.0, health_check_interval_seconds: float = 5.0,
+        claim_after_seconds: float = 0.0, listen: bool = True,
     ) -> None:
+        """`claim_after_seconds`: rows younger than this are left to their writer, which
+        publishes them itself after its commit and marks them (agents/owner.py); the relay
+        is then the safety net for what a writer could not. `listen`: wake on NOTIFY (only
+        useful when rows are claimed at once)."""
         self._database_url = database_url
         self._publish = publish
         self.batch_size_max = batch_size_max
         self.poll_interval_seconds = poll_interval_seconds
+        self.claim_after_seconds = claim_after_seconds
         self._listener = Listener(database_url, "outbox", self._wakeup_soon,
-                                  health_check_interval_seconds=health_check_interval_seconds)
+                                  health_check_interval_seconds=health_check_interval_seconds) if listen else None
         self._pool: asyncpg.Pool | None = None
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -81,7 +87,7 @@ class OutboxRelay:
     @property
     def listening(self) -> bool:
         """True while LISTEN outbox is active (for health checks and tests)."""
-        return self._listener.listening
+        return self._listener is not None and self._listener.listening
 
     def _wakeup_soon(self) -> None:
         self._wakeup.set()
@@ -96,7 +102,7 @@ class OutboxRelay:
         async with self._pool.acquire() as connection, connection.transaction():
             if not await connection.fetchval(TRY_CLAIM, CLAIM_LOCK_KEY):
                 return 0  # another relay is claiming; it will publish these rows
-            records = await connection.fetch(CLAIM, self.batch_size_max)
+            records = await connection.fetch(CLAIM, self.batch_size_max, self.claim_after_seconds)
             rows = [_to_row(record) for record in records]
             if rows:
                 try:
@@ -110,7 +116,8 @@ class OutboxRelay:
     async def run(self) -> None:
         """Publish until stop(): drain while rows wait, then sleep until NOTIFY or the poll."""
         self._stopped = asyncio.Event()
-        listener = asyncio.create_task(self._listener.run(), name="outbox-listener")
+        listener = asyncio.create_task(self._listener.run() if self._listener else self._stopping.wait(),
+                                       name="outbox-listener")
         backoff = Backoff(initial_seconds=0.1, cap_seconds=5.0)
         try:
             while not self._stopping.is_set():

@@ -118,6 +118,13 @@ class LedgerStore:
                                what="stored_entries")
         return {transaction_id: StoredEntry(row["fingerprint"], _origin(row)) for transaction_id, row in rows.items()}
 
+    async def mark_published(self, event_ids: Sequence[UUID]) -> None:
+        """Outbox rows their writer has published itself (after its commit): the relay
+        leaves them alone."""
+        if event_ids:
+            await self._run(lambda connection: journal.mark_published(connection, event_ids),
+                            what="mark_published")
+
     async def get_account(self, account_id: str) -> AccountRow | None:
         return await self._run(lambda connection: accounts.get_account(connection, account_id),
                                what="get_account")
@@ -163,21 +170,13 @@ async def _write_unique(
     connection: asyncpg.Connection, unique: list[tuple[JournalEntry, Origin]], opened: Sequence[AccountRow]
 ) -> tuple[set[UUID], dict[UUID, tuple[str, Origin]]]:
     """Write entries with distinct transaction ids; return (ids written now, first writes)."""
-    async with connection.transaction():
-        await journal.insert_accounts(connection, opened)
-        if not unique:
-            return set(), {}
-        applied = await journal.insert_transactions(connection, unique)
-        new = [(entry, origin) for entry, origin in unique if entry.transaction_id in applied]
-        await journal.ensure_settlement_accounts(connection, new)
-        await journal.insert_postings(connection, new)
-        await journal.insert_outbox(connection, new)
-        duplicates = [entry.transaction_id for entry, _ in unique
-                      if entry.transaction_id not in applied]
-        rows = await journal.stored_first_writes(connection, duplicates)
-    stored = {entry.transaction_id: (entry.fingerprint, origin) for entry, origin in new}
-    for transaction_id, row in rows.items():
-        stored[transaction_id] = (row["fingerprint"], _origin(row))
+    rows = await journal.write(connection, opened, unique)
+    applied = {row["transaction_id"] for row in rows if row["applied"]}
+    stored = {entry.transaction_id: (entry.fingerprint, origin) for entry, origin in unique
+              if entry.transaction_id in applied}
+    for row in rows:
+        if not row["applied"]:
+            stored[row["transaction_id"]] = (row["fingerprint"], _origin(row))
     return applied, stored
 
 

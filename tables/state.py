@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 import faust
@@ -37,8 +37,9 @@ Changes = dict[int, dict[bytes, bytes]]  # partition -> key -> encoded value
 
 class StateTable(Generic[ValueT]):
     def __init__(self, app: faust.App, name: str, partitions: int,
-                 decode: Callable[[bytes, bytes], ValueT], producer: Callable[[], BatchProducer]) -> None:
-        """`decode(key, raw)` reads a stored value; `producer` is the app's, once it runs."""
+                 decode: Callable[[bytes, bytes], ValueT], producer: Callable[[], Awaitable[BatchProducer]]
+                 ) -> None:
+        """`decode(key, raw)` reads a stored value; `producer` gives the producer its writes go by."""
         self._decode = decode
         self._producer = producer
         self.name = name
@@ -84,7 +85,7 @@ class StateTable(Generic[ValueT]):
             return
         messages = [Outgoing(self.changelog, key, value, partition=partition)
                     for partition, writes in changes.items() for key, value in writes.items()]
-        futures = await self._producer().send(messages)
+        futures = await (await self._producer()).send(messages)
         if len(futures) > len(changes):
             log.warning("a batch's changes to %s did not fit one record batch per partition: recorded in "
                         "%d batches for %d partitions", self.name, len(futures), len(changes))

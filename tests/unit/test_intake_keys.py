@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from models.commands import RefundPayment, RequestPayment
 from models.events import CommandRejected, RejectionReason, rejection_id_for
 from models.intake import KeyUse, key_use, screen_key
@@ -25,9 +27,18 @@ def refund(key: str = "key-1", payment_id: str = PAYMENT_A, amount: int | None =
     return RefundPayment(idempotency_key=key, payment_id=payment_id, amount=amount)
 
 
+def use_of(command: RequestPayment | RefundPayment) -> KeyUse:
+    return key_use(command, command.fingerprint())
+
+
+def screened(first: KeyUse | None, command: RequestPayment | RefundPayment, origin: Origin = ORIGIN
+             ) -> KeyUse | CommandRejected:
+    return screen_key(first, command, command.fingerprint(), origin)
+
+
 def conflict_of(first: RequestPayment | RefundPayment, command: RequestPayment | RefundPayment
                 ) -> CommandRejected:
-    decision = screen_key(key_use(first), command, ORIGIN)
+    decision = screened(use_of(first), command)
     assert isinstance(decision, CommandRejected), decision
     assert decision.reason is RejectionReason.IDEMPOTENCY_CONFLICT
     assert decision.command_type == command.type
@@ -37,20 +48,20 @@ def conflict_of(first: RequestPayment | RefundPayment, command: RequestPayment |
 
 
 def test_a_fresh_key_is_registered_with_what_it_was_used_for() -> None:
-    assert screen_key(None, payment(), ORIGIN) == KeyUse(
+    assert screened(None, payment()) == KeyUse(
         command_type="RequestPayment", payment_id=payment_id_for("key-1"),
         fingerprint=payment().fingerprint())
-    assert screen_key(None, refund(), ORIGIN) == KeyUse(
+    assert screened(None, refund()) == KeyUse(
         command_type="RefundPayment", payment_id=PAYMENT_A, fingerprint=refund().fingerprint())
 
 
 def test_the_same_command_again_is_handed_over_under_its_first_use() -> None:
     for command in (payment(description="twice", metadata={"a": "b"}), refund(), refund(amount=None)):
-        first = key_use(command)
-        assert screen_key(first, command, ORIGIN) == first
+        first = use_of(command)
+        assert screened(first, command) == first
         # Equal payloads built separately are the same use, whatever the field order.
         again = type(command).model_validate(dict(reversed(command.model_dump().items())))
-        assert screen_key(first, again, ORIGIN) == first
+        assert screened(first, again) == first
 
 
 def test_a_refund_key_reused_for_another_payment_is_a_conflict_naming_the_first() -> None:
@@ -84,30 +95,30 @@ def test_a_payment_key_reused_with_another_payload_is_a_conflict() -> None:
 
 def test_the_same_fingerprint_under_another_type_or_payment_is_still_a_conflict() -> None:
     """Every field of the first use counts, not only the digest."""
-    first = key_use(refund())
-    for other in (first.model_copy(update={"command_type": "RequestPayment"}),
-                  first.model_copy(update={"payment_id": PAYMENT_B})):
-        assert isinstance(screen_key(other, refund(), ORIGIN), CommandRejected)
+    first = use_of(refund())
+    for other in (msgspec.structs.replace(first, command_type="RequestPayment"),
+                  msgspec.structs.replace(first, payment_id=PAYMENT_B)):
+        assert isinstance(screened(other, refund()), CommandRejected)
 
 
 def test_a_rejection_has_the_same_event_id_when_its_message_is_redelivered() -> None:
     first, second = conflict_of(refund(), refund(payment_id=PAYMENT_B)), conflict_of(
         refund(), refund(payment_id=PAYMENT_B))
     assert first.event_id == second.event_id == rejection_id_for("key-1", ORIGIN.place)
-    later = screen_key(key_use(refund()), refund(payment_id=PAYMENT_B),
-                       ORIGIN.model_copy(update={"offset": 42}))
+    later = screened(use_of(refund()), refund(payment_id=PAYMENT_B),
+                     msgspec.structs.replace(ORIGIN, offset=42))
     assert isinstance(later, CommandRejected) and later.event_id != first.event_id
 
 
 def test_a_batch_sees_its_own_first_use() -> None:
-    """What the agent does with `StateTable.latest`: the first command of a batch
-    registers the key, the next one in the same batch is checked against it."""
+    """What the intake does: the first command of a batch registers the key, the next one
+    in the same batch is checked against it."""
     changed: dict[str, KeyUse] = {}
     answers = []
     for command in (refund(), refund(payment_id=PAYMENT_B), refund()):
-        decision = screen_key(changed.get(command.idempotency_key), command, ORIGIN)
+        decision = screened(changed.get(command.idempotency_key), command)
         if isinstance(decision, KeyUse):
             changed.setdefault(command.idempotency_key, decision)
         answers.append(type(decision).__name__)
     assert answers == ["KeyUse", "CommandRejected", "KeyUse"]
-    assert changed == {"key-1": key_use(refund())}
+    assert changed == {"key-1": use_of(refund())}

@@ -1,237 +1,81 @@
-"""Properties over random sequences: balance invariants of one account, balance of every entry."""
+"""Properties of the whole choreography, in memory (tests/unit/world.py), under random
+traffic, random provider answers, random batch boundaries and crashes between a batch's
+sends and its state."""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.account import AccountState, apply_posting, decide_reservation, open_account, release
-from models.account_flow import react
-from models.commands import FundAccount, OpenAccount, RequestPayment
-from models.ledger_flow import entry_for, follow_ups
-from models.payment import payment_id_for, refund_id_for
-from models.steps import (
-    ApplyPosting,
-    Origin,
-    PostCapture,
-    PostFunding,
-    PostRefund,
-    ReleaseFunds,
-    ReserveFunds,
-)
-from models.types import MAX_AMOUNT
+from models.steps import PspAnswered
+from tests.unit.test_choreography import fund, open_account, pay
+from tests.unit.world import World
 
-PROPERTY = settings(max_examples=200, deadline=None)
-HERE = Origin(topic="account-steps", partition=0, offset=0)
-PAYMENT = RequestPayment(
-    idempotency_key="k", debtor_account_id="alice", creditor_account_id="bob", amount=1, currency="USD"
-)
+ACCOUNTS = ["acct-a", "acct-b", "acct-c", "acct-d", "acct-e"]
+FUNDS = 1_000
 
-amounts = st.integers(min_value=1, max_value=5_000)
-operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("reserve"), amounts),
-        st.tuples(st.just("reserve_again"), st.integers(min_value=0, max_value=50)),
-        st.tuples(st.just("release"), st.integers(min_value=0, max_value=50)),
-        st.tuples(st.just("settle"), st.integers(min_value=0, max_value=50)),
-        st.tuples(st.just("credit"), amounts),
-    ),
-    max_size=60,
-)
+payments = st.lists(st.tuples(st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS),
+                              st.integers(min_value=1, max_value=700),
+                              st.sampled_from(["approved", "approved", "declined", "gave_up"])),
+                    min_size=1, max_size=25)
 
 
-def new_account(overdraft_limit: int) -> AccountState:
-    command = OpenAccount(account_id="alice", owner_id="o", currency="USD", overdraft_limit=overdraft_limit)
-    return open_account(command, command.fingerprint())
+def run(plan: list[tuple[str, str, int, str]], seed: int, overdraft: int) -> tuple[World, list[str]]:
+    draw = random.Random(seed)
+    answers: dict[str, str] = {}
+    world = World(approve=lambda payment: PspAnswered(
+        origin=payment.requested_at, payment_id=payment.payment_id,  # type: ignore[arg-type]
+        home=payment.request.debtor_account_id, result=answers[payment.payment_id],  # type: ignore[arg-type]
+        psp_reference="ref" if answers[payment.payment_id] == "approved" else None, detail="d"))
+    for account_id in ACCOUNTS:
+        open_account(world, account_id, overdraft_limit=overdraft)
+    world.settle()
+    for account_id in ACCOUNTS:
+        fund(world, f"fund-{account_id}", account_id, FUNDS)
+    world.settle()
+    payment_ids = []
+    for number, (debtor, creditor, amount, answer) in enumerate(plan):
+        payment_id = pay(world, f"pay-{number}", debtor, creditor, amount)
+        answers[payment_id] = answer
+        payment_ids.append(payment_id)
+        if draw.random() < 0.3:
+            pay(world, f"pay-{number}", debtor, creditor, amount)  # a repeat
+    for _ in range(200):  # batches of random sizes, some crashing before their state is recorded
+        busy = [p for p, log in world.logs.items() if len(log) > world.read.get(p, 0)]
+        if not busy and not world.calls:
+            break
+        if busy:
+            world.handle_partition(draw.choice(busy), draw.randint(1, 4), crash_before_record=draw.random() < 0.2)
+        if draw.random() < 0.5:
+            world.answer_calls()
+    world.settle()
+    return world, payment_ids
 
 
-def reserve_step(reservation_id: str, amount: int, offset: int = 0) -> ReserveFunds:
-    return ReserveFunds(
-        origin=Origin(topic="steps", partition=0, offset=offset),
-        payment_id=reservation_id,
-        reservation_id=reservation_id,
-        account_id="alice",
-        amount=amount,
-        currency="USD",
-        payment=PAYMENT,
-    )
-
-
-def pick(holds: dict[str, int], index: int) -> str:
-    return sorted(holds)[index % len(holds)] if holds else "no-such-hold"
-
-
-@PROPERTY
-@given(overdraft_limit=st.integers(min_value=0, max_value=3_000), ops=operations)
-def test_account_balances_stay_consistent(overdraft_limit: int, ops: list[tuple[str, int]]) -> None:
-    state = new_account(overdraft_limit)
-    holds: dict[str, int] = {}
-    postings: list[int] = []
-    for number, (operation, value) in enumerate(ops):
-        if operation in ("reserve", "reserve_again"):
-            reservation_id = pick(holds, value) if operation == "reserve_again" and holds else f"r{number}"
-            amount = holds.get(reservation_id, value)
-            decision = decide_reservation(state, reserve_step(reservation_id, amount))
-            if isinstance(decision, AccountState):
-                state = decision
-                holds[reservation_id] = amount
-            assert state.available >= -overdraft_limit
-        elif operation == "release":
-            reservation_id = pick(holds, value)
-            state = release(state, reservation_id)
-            holds.pop(reservation_id, None)
-        elif operation == "settle" and holds:
-            reservation_id = pick(holds, value)
-            state = apply_posting(state, -holds[reservation_id], reservation_id)
-            postings.append(-holds.pop(reservation_id))
-        elif operation == "credit":
-            state = apply_posting(state, value, None)
-            postings.append(value)
-        assert state.reservations == holds
-        assert state.pending == sum(holds.values())
-        assert state.posted == sum(postings)
-        assert state.available == state.posted - state.pending
-        assert state.available >= -overdraft_limit
-
-
-def step_for(operation: str, value: int, offset: int, holds: dict[str, int]) -> Any:
-    """The account step an operation arrives as, from source `steps#0` at `offset`."""
-    origin = Origin(topic="steps", partition=0, offset=offset)
-    if operation == "reserve":
-        return reserve_step(f"r{offset}", value, offset)
-    if operation == "reserve_again" and holds:
-        reservation_id = pick(holds, value)
-        return reserve_step(reservation_id, holds[reservation_id], offset)
-    if operation == "release" and holds:
-        reservation_id = pick(holds, value)
-        return ReleaseFunds(
-            origin=origin,
-            payment_id=reservation_id,
-            reservation_id=reservation_id,
-            account_id="alice",
-            reason="psp_declined",
-            detail="declined",
-        )
-    if operation == "settle" and holds:
-        reservation_id = pick(holds, value)
-        return ApplyPosting(
-            origin=origin,
-            account_id="alice",
-            transaction_id=reservation_id,
-            amount=-holds[reservation_id],
-            reservation_id=reservation_id,
-        )
-    return ApplyPosting(origin=origin, account_id="alice", transaction_id=f"c{offset}", amount=value)
-
-
-@PROPERTY
-@given(
-    overdraft_limit=st.integers(min_value=0, max_value=3_000),
-    ops=operations,
-    redeliveries=st.lists(st.integers(min_value=0, max_value=200), max_size=20),
-)
-def test_redelivered_steps_never_change_the_account(
-    overdraft_limit: int, ops: list[tuple[str, int]], redeliveries: list[int]
-) -> None:
-    state = new_account(overdraft_limit)
-    sent: list[Any] = []
-    posted = 0
-    for offset, (operation, value) in enumerate(ops):
-        step = step_for(operation, value, offset, state.reservations)
-        sent.append(step)
-        new_state, _ = react(state, step, HERE)
-        assert new_state is not None
-        posted += step.amount if isinstance(step, ApplyPosting) else 0
-        state = new_state
-        assert (state.posted, state.applied) == (posted, {"steps#0": (offset, 0)})
-        assert state.available >= -overdraft_limit
-        for index in redeliveries:
-            assert react(state, sent[index % len(sent)], HERE) == (None, [])
-
-
-# Customer accounts never carry the settlement prefix: OpenAccount refuses it.
-identifiers = st.from_regex(r"[A-Za-z0-9._:@-]{1,40}", fullmatch=True).filter(
-    lambda identifier: not identifier.startswith("settlement:")
-)
-currencies = st.sampled_from(["USD", "EUR", "JPY", "GBP", "CHF"])
-ledger_amounts = st.integers(min_value=1, max_value=MAX_AMOUNT)
-
-
-@st.composite
-def payments(draw: st.DrawFn) -> RequestPayment:
-    debtor, creditor = draw(st.lists(identifiers, min_size=2, max_size=2, unique=True))
-    return RequestPayment(
-        idempotency_key=draw(identifiers),
-        debtor_account_id=debtor,
-        creditor_account_id=creditor,
-        amount=draw(ledger_amounts),
-        currency=draw(currencies),
-    )
-
-
-@st.composite
-def ledger_steps(draw: st.DrawFn) -> Any:
-    origin = Origin(
-        topic="ledger-steps", partition=draw(st.integers(0, 7)), offset=draw(st.integers(0, 10**9))
-    )
-    kind = draw(st.sampled_from(["capture", "funding", "refund"]))
-    if kind == "funding":
-        command = FundAccount(
-            idempotency_key=draw(identifiers),
-            account_id=draw(identifiers),
-            amount=draw(ledger_amounts),
-            currency=draw(currencies),
-        )
-        return PostFunding(origin=origin, fingerprint=command.fingerprint(), command=command)
-    payment = draw(payments())
-    payment_id = payment_id_for(payment.idempotency_key)
-    if kind == "capture":
-        return PostCapture(
-            origin=origin,
-            payment_id=payment_id,
-            reservation_id=payment_id,
-            psp_reference=draw(identifiers),
-            payment=payment,
-        )
-    refund_key = draw(identifiers)
-    return PostRefund(
-        origin=origin,
-        payment_id=payment_id,
-        reservation_id=refund_id_for(payment_id, refund_key),
-        refund_key=refund_key,
-        amount=draw(st.integers(1, payment.amount)),
-        payment=payment,
-    )
-
-
-@PROPERTY
-@given(step=ledger_steps())
-def test_every_entry_built_from_a_valid_step_is_balanced(step: Any) -> None:
-    entry, event = entry_for(step)
-    totals: Counter[str] = Counter()
-    for posting in entry.postings:
-        assert posting.amount != 0 and abs(posting.amount) <= MAX_AMOUNT
-        totals[posting.currency] += posting.amount
-    assert len(entry.postings) >= 2
-    assert set(totals.values()) == {0}
-    assert entry.transaction_id == event.transaction_id
-    assert entry_for(step)[0].transaction_id == entry.transaction_id
-
-
-@PROPERTY
-@given(step=ledger_steps())
-def test_follow_ups_apply_exactly_the_entrys_legs_on_owned_accounts(step: Any) -> None:
-    entry, event = entry_for(step)
-    moved: Counter[str] = Counter()
-    for output in follow_ups(step, entry, event, step.origin):
-        if isinstance(output.step, ApplyPosting):
-            assert output.key == output.step.account_id
-            moved[output.step.account_id] += output.step.amount
-    expected: Counter[str] = Counter()
-    for posting in entry.postings:
-        if not posting.account_id.startswith("settlement:"):
-            expected[posting.account_id] += posting.amount
-    assert moved == expected
+@settings(max_examples=60, deadline=None)
+@given(plan=payments, seed=st.integers(0, 10**6), overdraft=st.sampled_from([0, 300]))
+def test_money_is_never_lost_doubled_or_overdrawn_and_each_payment_ends_once(
+        plan: list[tuple[str, str, int, str]], seed: int, overdraft: int) -> None:
+    world, payment_ids = run(plan, seed, overdraft)
+    total = 0
+    for account_id in ACCOUNTS:
+        account = world.account(account_id)
+        assert account.holds == {}, account_id
+        assert account.posted == world.ledger_balance(account_id), account_id
+        assert account.posted >= -overdraft, account_id
+        total += account.posted
+    assert total == FUNDS * len(ACCOUNTS)
+    for payment_id, (debtor, creditor, amount, answer) in zip(payment_ids, plan, strict=True):
+        record = world.payment(payment_id)
+        assert record is not None and record.decided
+        outcomes = {e.event_type for e in world.published
+                    if getattr(e, "payment_id", None) == payment_id and e.event_type in ("PaymentFailed",)}
+        captured = any(entry.payment_id == payment_id for entry, _ in world.ledger.values())
+        assert (record.status == "captured") == captured
+        assert not (captured and outcomes), payment_id  # never both a failure and money moved
+        if debtor == creditor:
+            assert record.reason == "same_account"
+        elif answer != "approved":
+            assert not captured
