@@ -246,4 +246,4 @@ class Owner:
         elif note.kind == "refund":
             metrics.refunds.labels(note.what).inc()
         else:
-            log.warning("%s", note.what, extra=context)
+            log.log(logging.getLevelName(note.level.upper()), "%s", note.what, extra=context)

@@ -13,16 +13,13 @@ CRASH_ENV = "PAYMENTS_CRASH_AT"
 CRASH_EXIT_CODE = 137
 
 POINTS = frozenset({
-    "accounts.after_send",     # outputs acknowledged, table state not written
-    "accounts.after_record",   # state written, batch not acked
-    "payments.after_send",
-    "payments.after_record",
+    "intake.after_send",       # hand-overs acknowledged, key registry not written
+    "intake.after_record",     # registry written, batch not acked
+    "owner.after_commit",      # journal entries committed in PostgreSQL, nothing sent
+    "owner.after_send",        # outputs (outbox rows included) acknowledged, state not written
+    "owner.after_record",      # state written, batch not acked, calls not started
     "psp.after_capture",       # a background call has the PSP's answer, nothing sent yet
-    "psp.after_send",          # outcomes' outputs acknowledged, table state not written
-    "psp.after_record",        # in-flight and decided states written, calls not started
-    "ledger.after_commit",     # postings committed in PostgreSQL, follow-ups not sent
-    "ledger.after_send",
-    "relay.after_publish",     # outbox rows published, not yet marked
+    "relay.after_publish",     # outbox rows published by the relay, not yet marked
 })
 
 

@@ -121,13 +121,14 @@ class Facts:
 class Note:
     """What happened, for the shell's metrics and logs: never a decision input."""
 
-    kind: str  # outcome | compensation | refund | anomaly
-    what: str  # outcome: captured|failed; compensation: the reason; refund: refunded|failed
+    kind: str  # outcome | compensation | refund | log
+    what: str  # outcome: captured|failed; compensation: the reason; refund: refunded|failed; log: the line
     payment_id: str | None = None
     reason: str | None = None
     detail: str | None = None
     seconds: float | None = None  # outcome: from the payment's first step to its outcome
     idempotency_key: str | None = None
+    level: str = "info"  # log: debug | info | warning | error
 
 
 @dataclass(frozen=True)
@@ -391,14 +392,18 @@ def on_answer(state: State, step: PspAnswered, at: Origin, effects: Effects) -> 
     voided once it is the recorded outcome, never after another call's approval."""
     partition = at.partition
     record = state.payment(step.payment_id)
-    if record is None or record.psp != "in_flight":
-        if record is None:
-            effects.notes.append(Note("anomaly", "psp answer for a payment this partition does not hold",
-                                      step.payment_id))
-        elif step.result == "approved" and record.psp != "approved":
+    if record is None:
+        effects.notes.append(Note("log", "psp answer for a payment this partition does not hold", step.payment_id,
+                                  level="error"))
+        return
+    if record.psp != "in_flight":
+        if step.result == "approved" and record.psp != "approved":
             effects.voids.append(step.payment_id)
-            effects.notes.append(Note("anomaly", "psp approved after the payment ended: voided",
-                                      step.payment_id, record.reason))
+            effects.notes.append(Note("log", f"psp approved after the payment ended {record.psp}: voiding the "
+                                             "capture at the provider", step.payment_id, level="warning"))
+        else:
+            effects.notes.append(Note("log", f"psp answer {step.result} ignored: the payment is already "
+                                             f"{record.psp}", step.payment_id))
         return
     request = record.request
     debtor = state.account(request.debtor_account_id)
@@ -412,6 +417,8 @@ def on_answer(state: State, step: PspAnswered, at: Origin, effects: Effects) -> 
         effects.notes.append(Note("compensation", reason.value, step.payment_id))
         if step.result == "gave_up":
             effects.voids.append(step.payment_id)  # whatever its timed-out attempts captured
+            effects.notes.append(Note("log", "psp gave up: voiding at the provider whatever its attempts captured",
+                                      step.payment_id))
         return
     capture(state, record, step.psp_reference or "", at, effects)
 

@@ -1,21 +1,19 @@
 """The PSP answering late, twice, or about nothing, through the real broker and PostgreSQL.
 
-A provider call ends by sending a `PspAnswered` step to the PSP-steps topic, keyed by
-the payment id; the partition's owner records the first answer and ignores the others
-(agents/psp.py, models/psp_flow.py). A late or repeated provider answer is therefore a
-second `PspAnswered` on that topic, and these tests publish exactly that, serialised as
-the worker's Outlet does (`models.codec.dumps`), then check from outside that no money
-moves twice or after a failure.
+A provider call ends by sending a `PspAnswered` step to the payment's home (the steps
+topic, keyed by the debtor account); the home records the first answer and ignores the
+others (agents/psp.py, models/owner.py `on_answer`). A late or repeated provider answer
+is therefore a second `PspAnswered` there, and these tests publish exactly that, encoded
+as the worker's outlet does (`models.steps.encode_step`), then check from outside that
+no money moves twice or after a failure.
 
-The origin: the PSP step keeps no high-water mark for its own topic. It decides on the
-payment's `psp_outcomes` record alone, and what it sends carries the answer's own
-position (`origin_of(event)`), not the `origin` field, which only names the request
-that started the call. So an injected answer is not skipped as a redelivery whatever
-its origin; the tests give it the request's real position (what a late call would send)
-and, once, a made-up one. Each test waits until the worker's group has committed past
-the answers (handled, and whatever they caused sent), watches a moment for anything
-more, checks the money, then the worker's log line of each decision: the answers
-reached the decision and were refused there, not dropped before it.
+The origin: answers come in any order, so the home does not track them by position; it
+decides on the payment's record alone. The tests give an injected answer the position
+of the step that started the call (what a late call would send) and, once, a made-up
+one. Each test waits until the worker's group has committed past the answers (handled,
+and whatever they caused sent), watches a moment for anything more, checks the money,
+then the worker's log line of each decision: the answers reached the decision and were
+refused there, not dropped before it.
 """
 
 from __future__ import annotations
@@ -26,16 +24,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import ConsumerRecord, RecordMetadata
+from aiokafka.structs import RecordMetadata
 
 from infra.driver import OUTBOUND_TOPICS
-from infra.topics import ACCOUNT_STEPS, APP_ID, DEAD_LETTER, LEDGER_STEPS, PAYMENT_STEPS, PSP_STEPS
-from models.codec import dumps, split_steps
+from infra.topics import APP_ID, DEAD_LETTER, STEPS
 from models.payment import payment_id_for
-from models.steps import Origin, PspAnswered
+from models.steps import BadStep, Origin, PspAnswered, decode_message, encode_step
 from tests.conftest import Service
 from tests.integration.outside import (
     account_settles,
@@ -54,7 +52,7 @@ from tests.integration.outside import (
 
 QUIET_AFTER_ANSWER_SECONDS = 2.0  # watched once the answers are handled: nothing more may follow
 LATE_ANSWER_LOGGED = "psp approved after the payment ended gave_up: voiding the capture at the provider"
-NO_REQUEST_LOGGED = "psp answer for a payment this worker has no request for"
+NO_REQUEST_LOGGED = "psp answer for a payment this partition does not hold"
 GAVE_UP_VOID_LOGGED = "psp gave up: voiding at the provider whatever its attempts captured"
 
 
@@ -62,40 +60,45 @@ def ignored_logged(result: str, decided: str) -> str:
     return f"psp answer {result} ignored: the payment is already {decided}"
 
 
-# --- the PSP-steps topic, as the worker's own calls use it --------------------------------------
+# --- the steps topic, as the worker's own calls use it --------------------------------------------
 
 
 async def publish_answer(service: Service, answer: PspAnswered) -> RecordMetadata:
-    """What a provider call's end sends (agents/psp.py `Calls._call` through the Outlet)."""
-    return await send_raw(service.driver, PSP_STEPS, answer.payment_id.encode(), dumps(answer))
+    """What a provider call's end sends (agents/psp.py `Calls._call` through the outlet)."""
+    return await send_raw(service.driver, STEPS, answer.home.encode(), encode_step(answer))
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One step read from a step topic (a message carries a batch of them)."""
+    """One step read from the steps topic (a message carries a batch of them)."""
 
     topic: str
     partition: int
     offset: int
     index: int
-    key: bytes
-    value: bytes  # the step's own JSON, publishable on its own
+    step: Any
 
+    @property
+    def kind(self) -> str:
+        return type(self.step).__name__
 
-def split(message: ConsumerRecord) -> list[StepRecord]:
-    return [StepRecord(message.topic, message.partition, message.offset, index, str(key).encode(),
-                       orjson.dumps(body))
-            for index, (key, body) in enumerate(split_steps(message.value, message.key))]
+    @property
+    def value(self) -> bytes:
+        """The step's own JSON, publishable on its own."""
+        return encode_step(self.step)
 
 
 def position(record: StepRecord) -> Origin:
-    return Origin(topic=record.topic, partition=record.partition, offset=record.offset,
-                  index=record.index)
+    return Origin(record.topic, record.partition, record.offset, record.index)
 
 
-async def steps_about(service: Service, topic: str, key: str, kind: str | None = None
-                      ) -> list[StepRecord]:
-    """Every step on an internal topic with that key (optionally of one kind), read from
+def about(step: Any, payment_id: str) -> bool:
+    submitted = getattr(step, "submitted", None)
+    return getattr(step, "payment_id", None) == payment_id or getattr(submitted, "payment_id", None) == payment_id
+
+
+async def steps_about(service: Service, payment_id: str, kind: str | None = None) -> list[StepRecord]:
+    """Every step of the steps topic about the payment (optionally of one kind), read from
     the beginning to the end offsets, without deduplication."""
     consumer = AIOKafkaConsumer(bootstrap_servers=service.bootstrap, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=50)
@@ -103,20 +106,23 @@ async def steps_about(service: Service, topic: str, key: str, kind: str | None =
     found: list[StepRecord] = []
     try:
         await consumer._client.force_metadata_update()  # noqa: SLF001 - a fresh view
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        assert partitions, f"no partitions for {topic}"
+        partitions = [TopicPartition(STEPS, p) for p in consumer.partitions_for_topic(STEPS) or ()]
+        assert partitions, f"no partitions for {STEPS}"
         consumer.assign(partitions)
         await consumer.seek_to_beginning()
         ends = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + 20
         while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            assert time.monotonic() < deadline, f"could not read {STEPS} to its end"
             batches = await consumer.getmany(timeout_ms=200)
             for messages in batches.values():
-                found.extend(s for m in messages for s in split(m) if s.key == key.encode())
+                for message in messages:
+                    for index, step in enumerate(decode_message(message.value)):
+                        if not isinstance(step, BadStep) and about(step, payment_id):
+                            found.append(StepRecord(message.topic, message.partition, message.offset, index, step))
     finally:
         await consumer.stop()
-    return [m for m in found if kind is None or orjson.loads(m.value)["kind"] == kind]
+    return [record for record in found if kind is None or record.kind == kind]
 
 
 async def committed_offset(service: Service, topic: str, partition: int) -> int:
@@ -186,24 +192,21 @@ async def test_a_late_approval_after_compensation_moves_no_money(service: Servic
     assert failed["event_type"] == "PaymentFailed" and failed["reason"] == "psp_unavailable", failed
     await account_settles(service, debtor, 5_000)  # compensated: the hold is released
 
-    [request] = await steps_about(service, PSP_STEPS, payment_id, "AuthorizePayment")
-    [gave_up] = await steps_about(service, PSP_STEPS, payment_id, "PspAnswered")
-    assert orjson.loads(gave_up.value)["result"] == "gave_up"
-    assert orjson.loads(gave_up.value)["origin"] == position(request).model_dump()
-    [release] = await steps_about(service, ACCOUNT_STEPS, debtor, "ReleaseFunds")
-    assert orjson.loads(release.value)["payment_id"] == payment_id
+    [request] = await steps_about(service, payment_id, "PaymentSubmitted")
+    [gave_up] = await steps_about(service, payment_id, "PspAnswered")
+    assert gave_up.step.result == "gave_up" and gave_up.step.origin == position(request)
     _, view_before = await payment_view(service, payment_id)
     published_before, dead_before = published_about(service, payment_id), dead_letters(service)
 
     # The provider answers at last (as the call would: the request's position as origin),
     # and once more from a made-up position far below it.
-    late = PspAnswered(origin=position(request), payment_id=payment_id, result="approved",
+    late = PspAnswered(origin=position(request), payment_id=payment_id, home=debtor, result="approved",
                        psp_reference="psp-late-approval-1")
     landed = await publish_answer(service, late)
     assert landed.partition == request.partition  # the same partition: its owner decides
-    made_up = Origin(topic=PSP_STEPS, partition=request.partition, offset=0)
-    landed_too = await publish_answer(service, late.model_copy(update={"origin": made_up,
-                                                                       "psp_reference": "psp-late-2"}))
+    made_up = Origin(STEPS, request.partition, 0)
+    landed_too = await publish_answer(service, msgspec.structs.replace(late, origin=made_up,
+                                                                       psp_reference="psp-late-2"))
     await handled(service, landed, landed_too)
     await quiet(QUIET_AFTER_ANSWER_SECONDS)
 
@@ -211,8 +214,7 @@ async def test_a_late_approval_after_compensation_moves_no_money(service: Servic
     assert published_about(service, payment_id) == published_before  # no PaymentAuthorized, nothing
     assert not [e for e in driver.of("PaymentAuthorized") if e["payment_id"] == payment_id]
     assert dead_letters(service) == dead_before
-    assert await steps_about(service, LEDGER_STEPS, payment_id) == []  # no PostCapture
-    assert len(await steps_about(service, ACCOUNT_STEPS, debtor, "ReleaseFunds")) == 1
+    assert await steps_about(service, payment_id, "ApplyCredit") == []  # no capture's credit
     assert await postings_of(service, payment_id) == []
     await account_settles(service, debtor, 5_000)
     await account_settles(service, creditor, 0)
@@ -240,29 +242,25 @@ async def test_a_repeated_or_contradicting_answer_after_the_capture_changes_noth
     assert captured["event_type"] == "PaymentCaptured", captured
     await account_settles(service, debtor, 5_000 - 1_234)
 
-    [answered] = await steps_about(service, PSP_STEPS, payment_id, "PspAnswered")
-    first = PspAnswered.model_validate_json(answered.value)
+    [answered] = await steps_about(service, payment_id, "PspAnswered")
+    first = answered.step
     assert (first.result, first.psp_reference) == ("approved", captured["psp_reference"])
-    assert len(await steps_about(service, LEDGER_STEPS, payment_id, "PostCapture")) == 1
     _, view_before = await payment_view(service, payment_id)
     published_before, dead_before = published_about(service, payment_id), dead_letters(service)
 
     # The very same bytes again (a provider or a restarted call answering twice), then a
     # decline and a give-up for the same request.
-    landed = [await send_raw(driver, PSP_STEPS, answered.key, answered.value)]
-    landed.append(await publish_answer(service, first.model_copy(update={
-        "result": "declined", "psp_reference": None, "detail": "declined on the second call"})))
-    landed.append(await publish_answer(service, first.model_copy(update={
-        "result": "gave_up", "psp_reference": None, "detail": "no answer on the second call"})))
+    landed = [await publish_answer(service, first)]
+    landed.append(await publish_answer(service, msgspec.structs.replace(
+        first, result="declined", psp_reference=None, detail="declined on the second call")))
+    landed.append(await publish_answer(service, msgspec.structs.replace(
+        first, result="gave_up", psp_reference=None, detail="no answer on the second call")))
     await handled(service, *landed)
     await quiet(QUIET_AFTER_ANSWER_SECONDS)
 
     assert driver.outcomes()[payment_id] == [captured]
     assert published_about(service, payment_id) == published_before
     assert dead_letters(service) == dead_before
-    assert len(await steps_about(service, LEDGER_STEPS, payment_id, "PostCapture")) == 1
-    assert len(await steps_about(service, PAYMENT_STEPS, payment_id, "PaymentPosted")) == 1
-    assert await steps_about(service, ACCOUNT_STEPS, debtor, "ReleaseFunds") == []
     assert await postings_of(service, payment_id) == [(debtor, -1_234), (creditor, 1_234)]
     assert await transactions_of(service, payment_id) == 1
     await account_settles(service, debtor, 5_000 - 1_234)
@@ -291,27 +289,25 @@ async def test_an_approval_while_the_call_runs_wins_over_the_calls_own_give_up(s
     await fund(service, "pa-early-fund", debtor, 5_000)
     await driver.pay(key, debtor, creditor, 2_000, metadata={"psp_simulation": "timeout"})
     payment_id = payment_id_for(key)
-    [request] = await poll(lambda: steps_about(service, PSP_STEPS, payment_id, "AuthorizePayment"),
-                           lambda found: len(found) == 1, what="the PSP request")
-    # Its call runs once the request is acknowledged (calls start before the batch is acked);
-    # an answer in the same batch as the request would decide it before any call started.
+    [request] = await poll(lambda: steps_about(service, payment_id, "PaymentSubmitted"),
+                           lambda found: len(found) == 1, what="the payment at its home")
+    # Its call runs once the batch that reserved its funds is recorded; an answer read in
+    # that same batch would find no payment in flight yet.
     await handled(service, request)
-    await publish_answer(service, PspAnswered(origin=position(request), payment_id=payment_id,
+    await publish_answer(service, PspAnswered(origin=position(request), payment_id=payment_id, home=debtor,
                                               result="approved", psp_reference="psp-early-1"))
     captured = await outcome(driver, payment_id)
     assert captured["event_type"] == "PaymentCaptured", captured
     assert captured["psp_reference"] == "psp-early-1"
 
     # The call started by the request is still silent; when its budget is spent, it answers.
-    answers = await poll(lambda: steps_about(service, PSP_STEPS, payment_id, "PspAnswered"),
+    answers = await poll(lambda: steps_about(service, payment_id, "PspAnswered"),
                          lambda found: len(found) >= 2, timeout_seconds=40, what="the call's own answer")
-    assert [orjson.loads(m.value)["result"] for m in answers] == ["approved", "gave_up"]
+    assert [record.step.result for record in answers] == ["approved", "gave_up"]
     await handled(service, *answers)
     await quiet(QUIET_AFTER_ANSWER_SECONDS)
 
     assert driver.outcomes()[payment_id] == [captured]
-    assert await steps_about(service, ACCOUNT_STEPS, debtor, "ReleaseFunds") == []
-    assert len(await steps_about(service, LEDGER_STEPS, payment_id, "PostCapture")) == 1
     assert await postings_of(service, payment_id) == [(debtor, -2_000), (creditor, 2_000)]
     assert await transactions_of(service, payment_id) == 1
     await account_settles(service, debtor, 3_000)
@@ -333,7 +329,7 @@ async def test_an_answer_for_an_unknown_payment_is_logged_and_ignored(service: S
     published_before, dead_before = published_about(service, payment_id), dead_letters(service)
     settlement_before = await ledger_balance(service, "settlement:USD")
 
-    stray = PspAnswered(origin=Origin(topic=PSP_STEPS, partition=0, offset=0), payment_id=payment_id,
+    stray = PspAnswered(origin=Origin(STEPS, 0, 0), payment_id=payment_id, home="pa-nobody-debtor",
                         result="approved", psp_reference="psp-stray-1")
     landed = await publish_answer(service, stray)
     await handled(service, landed)  # and acknowledged: the partition moves on past it
@@ -345,9 +341,7 @@ async def test_an_answer_for_an_unknown_payment_is_logged_and_ignored(service: S
     assert payment_id not in driver.outcomes()
     assert published_about(service, payment_id) == published_before == {t: [] for t in OUTBOUND_TOPICS}
     assert dead_letters(service) == dead_before
-    for topic in (PAYMENT_STEPS, LEDGER_STEPS):
-        assert await steps_about(service, topic, payment_id) == []
-    assert len(await steps_about(service, PSP_STEPS, payment_id)) == 1  # only the stray answer
+    assert [record.kind for record in await steps_about(service, payment_id)] == ["PspAnswered"]  # the stray
     assert await postings_of(service, payment_id) == []
     assert await ledger_balance(service, "settlement:USD") == settlement_before
     status, _ = await payment_view(service, payment_id)
