@@ -93,11 +93,12 @@ async def run(name: str, stream: faust.StreamT, handler: Handler[Any], outlet: O
         deliveries = unpack(events, handler.split)
         size.observe(len(deliveries))
         done = await handler.take(deliveries)
+        table.apply(done.changes, done.parsed)
         decided = time.perf_counter()
         await outlet.send(done.outputs)
         crash_point(f"{name}.after_send")
         sent = time.perf_counter()
-        await table.record(done.changes, done.parsed)
+        await table.record(done.changes)
         crash_point(f"{name}.after_record")
         recorded = time.perf_counter()
         if done.after is not None:

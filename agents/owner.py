@@ -127,9 +127,9 @@ class Owner:
         effects = decided.effects
         if effects.entries:
             crash_point("owner.after_commit")
-        if effects.republish:
-            await (await self.store()).republish(effects.republish)
+        republished = await (await self.store()).stored_events(effects.republish) if effects.republish else []
         outputs: list[Sendable] = [*effects.outputs, *committed_events(effects),
+                                   *(Outgoing(row.topic, row.key.encode(), row.value, row.headers) for row in republished),
                                    *(self.dead_letter(delivery, reason) for delivery, reason in decided.bad)]
         changes, parsed = view.changes()
 

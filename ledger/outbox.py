@@ -103,7 +103,7 @@ class OutboxRelay:
             if not await connection.fetchval(TRY_CLAIM, CLAIM_LOCK_KEY):
                 return 0  # another relay is claiming; it will publish these rows
             records = await connection.fetch(CLAIM, self.batch_size_max, self.claim_after_seconds)
-            rows = [_to_row(record) for record in records]
+            rows = [outbox_row(record) for record in records]
             if rows:
                 try:
                     await self._publish(rows)
@@ -168,7 +168,7 @@ class OutboxRelay:
             await pool.close()
 
 
-def _to_row(record: asyncpg.Record) -> OutboxRow:
+def outbox_row(record: asyncpg.Record) -> OutboxRow:
     return OutboxRow(
         outbox_id=record["outbox_id"], event_id=record["event_id"], topic=record["topic"],
         key=record["key"], value=bytes(record["value"]), headers=decode_headers(record["headers"]),

@@ -105,11 +105,14 @@ async def outbox_backlog(connection: asyncpg.Connection) -> tuple[int, float]:
     return int(row["unpublished"]), float(row["age"])
 
 
-async def republish(connection: asyncpg.Connection, event_ids: list[UUID]) -> int:
-    status = await connection.execute(
-        "UPDATE outbox SET published_at = NULL WHERE event_id = ANY($1::uuid[]) AND published_at IS NOT NULL",
-        event_ids)
-    return int(status.split()[-1])
+STORED_EVENTS = """
+SELECT outbox_id, event_id, topic, key, value, headers::text AS headers
+FROM outbox WHERE event_id = ANY($1::uuid[]) ORDER BY outbox_id
+"""
+
+
+async def stored_events(connection: asyncpg.Connection, event_ids: list[UUID]) -> list[asyncpg.Record]:
+    return await connection.fetch(STORED_EVENTS, event_ids)  # type: ignore[no-any-return]
 
 
 async def outbox_stuck(connection: asyncpg.Connection, older_than_seconds: float) -> int:

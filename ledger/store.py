@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from ledger import accounts, journal, reads
+from ledger.outbox import OutboxRow, outbox_row
 from ledger.accounts import AccountRow
 from ledger.reads import DailyBalance, StatementEntry
 from ledger.retry import with_retry
@@ -147,11 +148,12 @@ class LedgerStore:
         """(unpublished outbox rows, age in seconds of the oldest; 0 when none)."""
         return await self._run(reads.outbox_backlog, what="outbox_backlog")
 
-    async def republish(self, event_ids: Sequence[UUID]) -> int:
-        """Publish stored events again, the same bytes under the same event_id: the answer
-        to a repeated command whose outcome lives only in the outbox."""
-        return await self._run(lambda connection: reads.republish(connection, list(event_ids)),
-                               what="republish")
+    async def stored_events(self, event_ids: Sequence[UUID]) -> list[OutboxRow]:
+        """Events as the outbox keeps them (the same bytes under the same event_id): the
+        answer to a repeated command whose outcome lives only there."""
+        rows = await self._run(lambda connection: reads.stored_events(connection, list(event_ids)),
+                               what="stored_events")
+        return [outbox_row(row) for row in rows]
 
     async def outbox_stuck(self, older_than_seconds: float) -> int:
         """Unpublished outbox rows older than the threshold: the relay is not keeping up."""
@@ -177,6 +179,11 @@ async def _write_unique(
     for row in rows:
         if not row["applied"]:
             stored[row["transaction_id"]] = (row["fingerprint"], _origin(row))
+    # Written by a concurrent batch that committed while this statement waited for it: too
+    # late for the statement's snapshot, so read back now.
+    unseen = [entry.transaction_id for entry, _ in unique if entry.transaction_id not in stored]
+    for transaction_id, row in (await journal.stored_first_writes(connection, unseen)).items():
+        stored[transaction_id] = (row["fingerprint"], _origin(row))
     return applied, stored
 
 

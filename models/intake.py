@@ -91,7 +91,10 @@ def hand_over(command: Command, fingerprint: str, origin: Origin) -> list[Dispat
             return [
                 Dispatch(debtor, PaymentSubmitted(origin=origin, payment_id=payment_id, fingerprint=fingerprint,
                                                   request=payment_request(command))),
-                Dispatch(payment_id, RecordHome(origin=origin, payment_id=payment_id, home=debtor)),
+                # Its own position after the hand-over's: the two may go to one partition,
+                # which applies each position of a source once (models/owner.py, Tracking).
+                Dispatch(payment_id, RecordHome(origin=msgspec.structs.replace(origin, index=origin.index + 1),
+                                                payment_id=payment_id, home=debtor)),
             ]
         case RefundPayment():
             return [Dispatch(command.payment_id, RefundRequested(

@@ -77,7 +77,12 @@ from models.steps import (
 
 class Tracking(msgspec.Struct, frozen=True):
     """A partition's tracking record: per ordered source ("topic#partition"), the highest
-    origin position it applied. Bounded by the number of sources."""
+    origin position it applied. Bounded by the number of sources.
+
+    So every step a source sends to one partition has a position of its own, higher than
+    the one before: a step's outputs carry its own position, and where one input gives two
+    steps that may meet on one partition (the intake's hand-over and directory entry of a
+    payment), the second takes the next index."""
 
     applied: dict[str, tuple[int, int]] = {}
 

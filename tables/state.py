@@ -77,10 +77,19 @@ class StateTable(Generic[ValueT]):
         """The stored bytes of every entry, for scans that can skip most without parsing."""
         return iter(list(self.table.data.items()))
 
-    async def record(self, changes: Changes, parsed: Mapping[bytes, Any] | None = None) -> None:
-        """Store each partition's changes as one record batch and wait for the changelog.
+    def apply(self, changes: Changes, parsed: Mapping[bytes, Any] | None = None) -> None:
+        """Make a batch's changes what readers of this worker see (`parsed`: the values the
+        changes encode, kept so the next read need not parse). Done once the batch has
+        decided, before its outputs go out: whoever reads an outcome's event, then asks
+        this worker, finds the state that produced it."""
+        for writes in changes.values():
+            for key, value in writes.items():
+                self.table.data[key] = value
+                if parsed is not None and key in parsed:
+                    self._keep(key, value, parsed[key])
 
-        `parsed`: the values the changes encode, kept so the next read need not parse."""
+    async def record(self, changes: Changes) -> None:
+        """Store each partition's changes as one record batch and wait for the changelog."""
         if not changes:
             return
         messages = [Outgoing(self.changelog, key, value, partition=partition)
@@ -89,9 +98,4 @@ class StateTable(Generic[ValueT]):
         if len(futures) > len(changes):
             log.warning("a batch's changes to %s did not fit one record batch per partition: recorded in "
                         "%d batches for %d partitions", self.name, len(futures), len(changes))
-        for writes in changes.values():
-            for key, value in writes.items():
-                self.table.data[key] = value
-                if parsed is not None and key in parsed:
-                    self._keep(key, value, parsed[key])
         await confirm(futures)

@@ -144,3 +144,18 @@ def _answer(payment: Any, result: str) -> Any:
 
     return PspAnswered(origin=payment.requested_at, payment_id=payment.payment_id,
                        home=payment.request.debtor_account_id, result=result, detail="no")
+
+
+def test_a_payment_whose_directory_entry_shares_its_homes_partition_is_found_there() -> None:
+    """The hand-over and the directory entry of one command meet on one partition for one
+    payment in eight: each is applied, neither taken for a repeat of the other."""
+    from tests.unit.world import partition_of
+
+    world = funded_world("alice", "bob")
+    key = next(k for k in (f"pay-{n}" for n in range(1000)) if partition_of(payment_id_for(k)) == partition_of("alice"))
+    payment_id = pay(world, key, "alice", "bob", 10)
+    world.settle()
+    from tables import owners
+
+    assert world.table.get(owners.home_key(payment_id)) == "alice"
+    assert world.payment(payment_id).status == "captured"

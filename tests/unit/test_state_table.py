@@ -79,7 +79,9 @@ def test_only_the_most_recently_used_values_are_kept(monkeypatch: pytest.MonkeyP
 async def test_a_batch_is_recorded_with_its_partitions_and_read_back_without_parsing() -> None:
     producer = FakeProducer()
     things = table(producer)
-    await things.record({3: {b"a": b"x", b"b": b"y"}, 5: {b"c": b"z"}}, {b"a": "X", b"b": "Y", b"c": "Z"})
+    changes = {3: {b"a": b"x", b"b": b"y"}, 5: {b"c": b"z"}}
+    things.apply(changes, {b"a": "X", b"b": "Y", b"c": "Z"})
+    await things.record(changes)
     [messages] = producer.sent
     assert {(m.partition, m.key) for m in messages} == {(3, b"a"), (3, b"b"), (5, b"c")}
     assert {m.topic for m in messages} == {"payments-things-changelog"}
