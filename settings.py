@@ -26,8 +26,6 @@ class Settings:
     partitions: int = 8
     psp_url: str | None = None
     risk_max_amount: int = 100_000_000  # per payment, minor units: above it -> risk_rejected
-    ledger_batch_size_max: int = 500
-    ledger_flush_interval_seconds: float = 0.02
 
     def with_infrastructure(self, kafka_bootstrap: str, database_url: str) -> Settings:
         return replace(self, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
@@ -92,8 +90,4 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         partitions=_integer(env, "PAYMENTS_PARTITIONS", 8, 1, 1024),
         psp_url=env.get("PAYMENTS_PSP_URL") or None,
         risk_max_amount=_integer(env, "PAYMENTS_RISK_MAX_AMOUNT", 100_000_000, 1, 2**63 - 1),
-        ledger_batch_size_max=_integer(env, "PAYMENTS_LEDGER_BATCH_SIZE_MAX", 500, 1, 10_000),
-        ledger_flush_interval_seconds=_number(
-            env, "PAYMENTS_LEDGER_FLUSH_INTERVAL_SECONDS", 0.02, 0.0, 5.0
-        ),
     )

@@ -24,8 +24,8 @@ from agents.outlet import DeadLetter
 from infra.metrics import Metrics
 from infra.topics import PAYMENT_COMMANDS
 from models.codec import Invalid, Unreadable, read_command
-from models.commands import ACCOUNT_COMMANDS, PAYMENT_COMMANDS as PAYMENT_COMMAND_TYPES
-from models.commands import RefundPayment, RequestPayment
+from models.commands import ACCOUNT_COMMANDS, RefundPayment, RequestPayment
+from models.commands import PAYMENT_COMMANDS as PAYMENT_COMMAND_TYPES
 from models.events import CommandRejected, RejectionReason
 from models.intake import KeyUse, hand_over, rejection, screen_key
 from models.outputs import Publish
@@ -56,7 +56,9 @@ class Intake:
             command = read_command(delivery.item, registry, "idempotency_key" if payments else "account_id")
             if isinstance(command, Unreadable):
                 self.metrics.dead_letter(delivery.at.topic, "unreadable")
-                done.outputs.append(DeadLetter(delivery.record, delivery.item, None, command.reason, "unreadable"))
+                done.outputs.append(
+                    DeadLetter(delivery.record, delivery.item, None, command.reason, "unreadable")
+                )
                 continue
             if isinstance(command, Invalid):
                 self.metrics.rejected(command.command_type, RejectionReason.INVALID_REQUEST)

@@ -63,7 +63,9 @@ class Creditors:
         self._known: OrderedDict[str, CreditorFacts] = OrderedDict()
 
     async def facts(self, account_ids: set[str]) -> dict[str, CreditorFacts]:
-        found = {account_id: self._known[account_id] for account_id in account_ids if account_id in self._known}
+        found = {
+            account_id: self._known[account_id] for account_id in account_ids if account_id in self._known
+        }
         missing = account_ids - found.keys()
         if missing:
             for account_id, facts in (await self._lookup(sorted(missing))).items():
@@ -78,14 +80,22 @@ def committed_events(effects: Effects) -> list[Outgoing]:
     """The outbox rows of the batch's entries, published by the batch itself once they are
     committed (the loop sends them with its outputs, and redelivers the batch, entries and
     all, until they are acknowledged). The relay publishes only what no batch marked."""
-    return [Outgoing(message.topic, message.key.encode(), message.value, message.headers)
-            for entry, _ in effects.entries for message in entry.outbox]
+    return [
+        Outgoing(message.topic, message.key.encode(), message.value, message.headers)
+        for entry, _ in effects.entries
+        for message in entry.outbox
+    ]
 
 
 def account_row(account: Account) -> AccountRow:
-    return AccountRow(account_id=account.account_id, owner_id=account.owner_id, currency=account.currency,
-                      overdraft_limit=account.overdraft_limit, kyc_status=account.kyc_status,
-                      status=account.status)
+    return AccountRow(
+        account_id=account.account_id,
+        owner_id=account.owner_id,
+        currency=account.currency,
+        overdraft_limit=account.overdraft_limit,
+        kyc_status=account.kyc_status,
+        status=account.status,
+    )
 
 
 @dataclass
@@ -96,8 +106,15 @@ class Decided:
 
 
 class Owner:
-    def __init__(self, table: StateTable[Value], store: Callable[[], Awaitable[LedgerStore]], calls: Calls,
-                 metrics: Metrics, limits: Limits, partition_of: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        table: StateTable[Value],
+        store: Callable[[], Awaitable[LedgerStore]],
+        calls: Calls,
+        metrics: Metrics,
+        limits: Limits,
+        partition_of: Callable[[str], int],
+    ) -> None:
         self.table = table
         self.store = store
         self.calls = calls
@@ -128,9 +145,12 @@ class Owner:
         if effects.entries:
             crash_point("owner.after_commit")
         republished = await (await self.store()).stored_events(effects.republish) if effects.republish else []
-        outputs: list[Sendable] = [*effects.outputs, *committed_events(effects),
-                                   *(Outgoing(row.topic, row.key.encode(), row.value, row.headers) for row in republished),
-                                   *(self.dead_letter(delivery, reason) for delivery, reason in decided.bad)]
+        outputs: list[Sendable] = [
+            *effects.outputs,
+            *committed_events(effects),
+            *(Outgoing(row.topic, row.key.encode(), row.value, row.headers) for row in republished),
+            *(self.dead_letter(delivery, reason) for delivery, reason in decided.bad),
+        ]
         changes, parsed = view.changes()
 
         async def after() -> None:
@@ -195,8 +215,9 @@ class Owner:
         self.metrics.ledger_postings.inc(sum(len(entry.postings) for entry, _ in effects.entries))
         return []
 
-    async def _refused(self, store: LedgerStore, decided: Decided, opened: list[AccountRow]
-                       ) -> list[tuple[Delivery[Item], str]]:
+    async def _refused(
+        self, store: LedgerStore, decided: Decided, opened: list[AccountRow]
+    ) -> list[tuple[Delivery[Item], str]]:
         await store.write_batch([], accounts=opened)
         refused = []
         for delivery, first, last in decided.entries_of:

@@ -34,7 +34,14 @@ from infra.metrics import Metrics
 from models.outputs import Dispatch
 from models.payment import IN_FLIGHT_MARK, Payment
 from models.steps import PspAnswered
-from psp import PaymentServiceProvider, PspApproved, PspDeclined, PspRequest, RetryPolicy, capture_with_retries
+from psp import (
+    PaymentServiceProvider,
+    PspApproved,
+    PspDeclined,
+    PspRequest,
+    RetryPolicy,
+    capture_with_retries,
+)
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from bench.ledger_writer import BATCH_SIZES, measure_ledger_writer
 from bench.service import Outcomes, ServiceBench, WorkerProbe
 from infra.database import create_database, drop_database
 from infra.driver import OUTCOME_TOPICS, ServiceDriver
-from models.events import AccountFunded, AccountOpened
 from infra.embedded import infrastructure
 from infra.topics import ensure_topics, service_topics
 from infra.worker_process import WorkerProcess
 from ledger.migrate import migrate
+from models.events import AccountFunded, AccountOpened
 from settings import Settings
 
 console = Console()

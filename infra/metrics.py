@@ -15,48 +15,103 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.outcomes = Counter("payments_outcomes", "Payments that reached their outcome.",
-                                ["outcome", "reason"], registry=registry)
-        self.commands_rejected = Counter("payments_commands_rejected", "Commands not accepted.",
-                                         ["command_type", "reason"], registry=registry)
-        self.dead_letters = Counter("payments_dead_letters", "Messages sent to the dead-letter topic.",
-                                    ["topic", "reason"], registry=registry)
-        self.step_duration = Histogram("payments_step_duration_seconds", "Time to handle one step.",
-                                       ["step"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.batch_phase = Histogram("payments_batch_phase_duration_seconds",
-                                     "Time an agent batch spends in each phase of its protocol.",
-                                     ["agent", "phase"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.batch_size = Histogram("payments_batch_size", "Items (commands or steps) per agent batch.",
-                                    ["agent"], buckets=BATCH_BUCKETS, registry=registry)
-        self.loop_lag = Histogram("payments_event_loop_lag_seconds",
-                                  "How late the worker's event loop ran a timer: time it spent on other work.",
-                                  buckets=LATENCY_BUCKETS, registry=registry)
-        self.end_to_end = Histogram("payments_end_to_end_duration_seconds",
-                                    "From command accepted to outcome recorded.", ["outcome"],
-                                    buckets=LATENCY_BUCKETS, registry=registry)
-        self.psp_requests = Counter("payments_psp_requests", "PSP capture results.", ["result"],
-                                    registry=registry)
-        self.psp_duration = Histogram("payments_psp_request_duration_seconds",
-                                      "PSP capture including retries.", buckets=LATENCY_BUCKETS,
-                                      registry=registry)
+        self.outcomes = Counter(
+            "payments_outcomes",
+            "Payments that reached their outcome.",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.commands_rejected = Counter(
+            "payments_commands_rejected",
+            "Commands not accepted.",
+            ["command_type", "reason"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "payments_dead_letters",
+            "Messages sent to the dead-letter topic.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.step_duration = Histogram(
+            "payments_step_duration_seconds",
+            "Time to handle one step.",
+            ["step"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_phase = Histogram(
+            "payments_batch_phase_duration_seconds",
+            "Time an agent batch spends in each phase of its protocol.",
+            ["agent", "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "payments_batch_size",
+            "Items (commands or steps) per agent batch.",
+            ["agent"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "payments_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer: time it spent on other work.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "payments_end_to_end_duration_seconds",
+            "From command accepted to outcome recorded.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.psp_requests = Counter(
+            "payments_psp_requests", "PSP capture results.", ["result"], registry=registry
+        )
+        self.psp_duration = Histogram(
+            "payments_psp_request_duration_seconds",
+            "PSP capture including retries.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.psp_retries = Counter("payments_psp_retries", "PSP retries.", ["kind"], registry=registry)
-        self.compensations = Counter("payments_compensations", "Reservations released by compensation.",
-                                     ["reason"], registry=registry)
-        self.ledger_batch_size = Histogram("payments_ledger_batch_size", "Journal entries per batch.",
-                                           buckets=BATCH_BUCKETS, registry=registry)
-        self.ledger_commit = Histogram("payments_ledger_commit_duration_seconds",
-                                       "One ledger batch transaction.", buckets=LATENCY_BUCKETS,
-                                       registry=registry)
-        self.ledger_postings = Counter("payments_ledger_postings", "Posting legs committed.",
-                                       registry=registry)
-        self.outbox_backlog_rows = Gauge("payments_outbox_backlog_rows", "Unpublished outbox rows.",
-                                         registry=registry)
-        self.outbox_oldest_age = Gauge("payments_outbox_oldest_age_seconds",
-                                       "Age of the oldest unpublished outbox row.", registry=registry)
-        self.consumer_lag = Gauge("payments_consumer_lag_messages", "Messages not yet consumed.",
-                                  ["topic", "partition"], registry=registry)
-        self.reservations_in_flight = Gauge("payments_reservations_in_flight",
-                                            "Holds on this worker's accounts.", registry=registry)
+        self.compensations = Counter(
+            "payments_compensations", "Reservations released by compensation.", ["reason"], registry=registry
+        )
+        self.ledger_batch_size = Histogram(
+            "payments_ledger_batch_size",
+            "Journal entries per batch.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.ledger_commit = Histogram(
+            "payments_ledger_commit_duration_seconds",
+            "One ledger batch transaction.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ledger_postings = Counter(
+            "payments_ledger_postings", "Posting legs committed.", registry=registry
+        )
+        self.outbox_backlog_rows = Gauge(
+            "payments_outbox_backlog_rows", "Unpublished outbox rows.", registry=registry
+        )
+        self.outbox_oldest_age = Gauge(
+            "payments_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "payments_consumer_lag_messages",
+            "Messages not yet consumed.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.reservations_in_flight = Gauge(
+            "payments_reservations_in_flight", "Holds on this worker's accounts.", registry=registry
+        )
         self.refunds = Counter("payments_refunds", "Refund outcomes.", ["outcome"], registry=registry)
 
     def dead_letter(self, topic: str, reason: str) -> None:

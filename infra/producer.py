@@ -60,18 +60,25 @@ class BatchProducer:
             if partition is None:
                 count = await self.partitions(message.topic)
                 # Kafka's default partitioner too: the key's partition, any for no key.
-                partition = partition_for(message.key, count) if message.key is not None else random.randrange(count)
+                partition = (
+                    partition_for(message.key, count) if message.key is not None else random.randrange(count)
+                )
             grouped.setdefault((message.topic, partition), []).append(message)
         futures = []
         for (topic, partition), group in grouped.items():
             batch = self.producer.create_batch()
             for message in group:
-                if batch.append(key=message.key, value=message.value, timestamp=None,
-                                headers=list(message.headers)) is None:  # full: send it, go on
+                if (
+                    batch.append(
+                        key=message.key, value=message.value, timestamp=None, headers=list(message.headers)
+                    )
+                    is None
+                ):  # full: send it, go on
                     futures.append(await self.producer.send_batch(batch, topic, partition=partition))
                     batch = self.producer.create_batch()
-                    batch.append(key=message.key, value=message.value, timestamp=None,
-                                 headers=list(message.headers))
+                    batch.append(
+                        key=message.key, value=message.value, timestamp=None, headers=list(message.headers)
+                    )
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         return futures
 

@@ -98,22 +98,61 @@ def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object
 
 def write_arguments(opened: Sequence[AccountRow], entries: Entries) -> list[list[object]]:
     """The WRITE_BATCH parameters: entries with distinct transaction ids, in order."""
-    accounts = [(row.account_id, row.owner_id, row.currency, row.overdraft_limit, row.kyc_status, row.status)
-                for row in opened]
-    settlement = sorted({(posting.account_id, posting.currency) for entry, _ in entries
-                         for posting in entry.postings if is_settlement_account(posting.account_id)})
-    journal = [(entry.transaction_id, str(entry.kind), entry.idempotency_key, entry.fingerprint, entry.payment_id,
-                origin.topic, origin.partition, origin.offset, origin.index) for entry, origin in entries]
-    legs = [(entry.transaction_id, posting.account_id, posting.amount, posting.currency, entry.payment_id)
-            for entry, _ in entries for posting in entry.postings]
-    messages = [(message.event_id, entry.transaction_id, message.topic, message.key, message.value,
-                 encode_headers(message.headers)) for entry, _ in entries for message in entry.outbox]
-    return [*_columns(accounts, 6), *_columns(settlement, 2), *_columns(journal, 9), *_columns(legs, 5),
-            *_columns(messages, 6)]
+    accounts = [
+        (row.account_id, row.owner_id, row.currency, row.overdraft_limit, row.kyc_status, row.status)
+        for row in opened
+    ]
+    settlement = sorted(
+        {
+            (posting.account_id, posting.currency)
+            for entry, _ in entries
+            for posting in entry.postings
+            if is_settlement_account(posting.account_id)
+        }
+    )
+    journal = [
+        (
+            entry.transaction_id,
+            str(entry.kind),
+            entry.idempotency_key,
+            entry.fingerprint,
+            entry.payment_id,
+            origin.topic,
+            origin.partition,
+            origin.offset,
+            origin.index,
+        )
+        for entry, origin in entries
+    ]
+    legs = [
+        (entry.transaction_id, posting.account_id, posting.amount, posting.currency, entry.payment_id)
+        for entry, _ in entries
+        for posting in entry.postings
+    ]
+    messages = [
+        (
+            message.event_id,
+            entry.transaction_id,
+            message.topic,
+            message.key,
+            message.value,
+            encode_headers(message.headers),
+        )
+        for entry, _ in entries
+        for message in entry.outbox
+    ]
+    return [
+        *_columns(accounts, 6),
+        *_columns(settlement, 2),
+        *_columns(journal, 9),
+        *_columns(legs, 5),
+        *_columns(messages, 6),
+    ]
 
 
-async def write(connection: asyncpg.Connection, opened: Sequence[AccountRow], entries: Entries
-                ) -> list[asyncpg.Record]:
+async def write(
+    connection: asyncpg.Connection, opened: Sequence[AccountRow], entries: Entries
+) -> list[asyncpg.Record]:
     return await connection.fetch(WRITE_BATCH, *write_arguments(opened, entries))  # type: ignore[no-any-return]
 
 

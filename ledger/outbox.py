@@ -40,9 +40,7 @@ FROM outbox WHERE published_at IS NULL AND created_at <= clock_timestamp() - mak
 ORDER BY outbox_id LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
-MARK_PUBLISHED = (
-    "UPDATE outbox SET published_at = clock_timestamp() WHERE outbox_id = ANY($1::bigint[])"
-)
+MARK_PUBLISHED = "UPDATE outbox SET published_at = clock_timestamp() WHERE outbox_id = ANY($1::bigint[])"
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,15 @@ class PublishFailed(Exception):
 
 class OutboxRelay:
     def __init__(
-        self, database_url: str, publish: Publish, *, batch_size_max: int = 500,
-        poll_interval_seconds: float = 1.0, health_check_interval_seconds: float = 5.0,
-        claim_after_seconds: float = 0.0, listen: bool = True,
+        self,
+        database_url: str,
+        publish: Publish,
+        *,
+        batch_size_max: int = 500,
+        poll_interval_seconds: float = 1.0,
+        health_check_interval_seconds: float = 5.0,
+        claim_after_seconds: float = 0.0,
+        listen: bool = True,
     ) -> None:
         """`claim_after_seconds`: rows younger than this are left to their writer, which
         publishes them itself after its commit and marks them (agents/owner.py); the relay
@@ -77,8 +81,16 @@ class OutboxRelay:
         self.batch_size_max = batch_size_max
         self.poll_interval_seconds = poll_interval_seconds
         self.claim_after_seconds = claim_after_seconds
-        self._listener = Listener(database_url, "outbox", self._wakeup_soon,
-                                  health_check_interval_seconds=health_check_interval_seconds) if listen else None
+        self._listener = (
+            Listener(
+                database_url,
+                "outbox",
+                self._wakeup_soon,
+                health_check_interval_seconds=health_check_interval_seconds,
+            )
+            if listen
+            else None
+        )
         self._pool: asyncpg.Pool | None = None
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -96,9 +108,7 @@ class OutboxRelay:
         """Claim, publish and mark one batch; return how many rows were published."""
         if self._pool is None:
             # min_size=0: creating the pool never fails, connecting is retried by run().
-            self._pool = await asyncpg.create_pool(
-                self._database_url, min_size=0, max_size=2, timeout=10
-            )
+            self._pool = await asyncpg.create_pool(self._database_url, min_size=0, max_size=2, timeout=10)
         async with self._pool.acquire() as connection, connection.transaction():
             if not await connection.fetchval(TRY_CLAIM, CLAIM_LOCK_KEY):
                 return 0  # another relay is claiming; it will publish these rows
@@ -116,8 +126,9 @@ class OutboxRelay:
     async def run(self) -> None:
         """Publish until stop(): drain while rows wait, then sleep until NOTIFY or the poll."""
         self._stopped = asyncio.Event()
-        listener = asyncio.create_task(self._listener.run() if self._listener else self._stopping.wait(),
-                                       name="outbox-listener")
+        listener = asyncio.create_task(
+            self._listener.run() if self._listener else self._stopping.wait(), name="outbox-listener"
+        )
         backoff = Backoff(initial_seconds=0.1, cap_seconds=5.0)
         try:
             while not self._stopping.is_set():
@@ -148,11 +159,11 @@ class OutboxRelay:
 
     async def _recover(self, error: Exception, delay_seconds: float) -> None:
         if isinstance(error, PublishFailed):
-            logger.warning("outbox publish failed (%r); retrying in %.2fs",
-                           error.__cause__, delay_seconds)
+            logger.warning("outbox publish failed (%r); retrying in %.2fs", error.__cause__, delay_seconds)
         elif is_connection_error(error) and self._pool is not None:
-            logger.warning("outbox relay lost its database connection (%r); reconnecting in %.2fs",
-                           error, delay_seconds)
+            logger.warning(
+                "outbox relay lost its database connection (%r); reconnecting in %.2fs", error, delay_seconds
+            )
             await self._pool.expire_connections()
         else:
             logger.warning("outbox drain failed (%r); retrying in %.2fs", error, delay_seconds)
@@ -170,6 +181,10 @@ class OutboxRelay:
 
 def outbox_row(record: asyncpg.Record) -> OutboxRow:
     return OutboxRow(
-        outbox_id=record["outbox_id"], event_id=record["event_id"], topic=record["topic"],
-        key=record["key"], value=bytes(record["value"]), headers=decode_headers(record["headers"]),
+        outbox_id=record["outbox_id"],
+        event_id=record["event_id"],
+        topic=record["topic"],
+        key=record["key"],
+        value=bytes(record["value"]),
+        headers=decode_headers(record["headers"]),
     )

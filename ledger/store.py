@@ -17,8 +17,8 @@ from uuid import UUID
 import asyncpg
 
 from ledger import accounts, journal, reads
-from ledger.outbox import OutboxRow, outbox_row
 from ledger.accounts import AccountRow
+from ledger.outbox import OutboxRow, outbox_row
 from ledger.reads import DailyBalance, StatementEntry
 from ledger.retry import with_retry
 from models.ledger import JournalEntry, assert_balanced
@@ -46,8 +46,13 @@ class LedgerStore:
 
     @classmethod
     async def connect(
-        cls, url: str, *, min_size: int = 1, max_size: int = 10,
-        retry_deadline_seconds: float = 60.0, connect_timeout_seconds: float = 10.0,
+        cls,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        retry_deadline_seconds: float = 60.0,
+        connect_timeout_seconds: float = 10.0,
     ) -> LedgerStore:
         async def create() -> asyncpg.Pool:
             return await asyncpg.create_pool(
@@ -71,12 +76,17 @@ class LedgerStore:
                 return await work(connection)
 
         return await with_retry(
-            attempt, what=what, on_connection_error=self._pool.expire_connections,
+            attempt,
+            what=what,
+            on_connection_error=self._pool.expire_connections,
             deadline_seconds=deadline_seconds or self.retry_deadline_seconds,
         )
 
     async def write_batch(
-        self, entries: Sequence[tuple[JournalEntry, Origin]], *, accounts: Sequence[AccountRow] = (),
+        self,
+        entries: Sequence[tuple[JournalEntry, Origin]],
+        *,
+        accounts: Sequence[AccountRow] = (),
         deadline_seconds: float | None = None,
     ) -> list[WriteResult]:
         """Write the entries in one transaction, after the `accounts` they may need (opened
@@ -91,44 +101,54 @@ class LedgerStore:
         unique = list(firsts.values())
         applied, stored = await self._run(
             lambda connection: _write_unique(connection, unique, accounts),
-            what="write_batch", deadline_seconds=deadline_seconds,
+            what="write_batch",
+            deadline_seconds=deadline_seconds,
         )
         seen: set[UUID] = set()
         results = []
         for entry, _ in entries:
             transaction_id = entry.transaction_id
-            results.append(WriteResult(transaction_id in applied and transaction_id not in seen,
-                                       *stored[transaction_id]))
+            results.append(
+                WriteResult(transaction_id in applied and transaction_id not in seen, *stored[transaction_id])
+            )
             seen.add(transaction_id)
         return results
 
     async def open_account(self, account: AccountRow) -> AccountRow:
         """Open the account unless it exists; return the stored row (differs on a conflict)."""
-        return await self._run(lambda connection: accounts.open_account(connection, account),
-                               what="open_account")
+        return await self._run(
+            lambda connection: accounts.open_account(connection, account), what="open_account"
+        )
 
     async def creditors(self, account_ids: Sequence[str]) -> dict[str, CreditorFacts]:
         """The facts of those of the accounts that exist."""
-        rows = await self._run(lambda connection: accounts.get_accounts(connection, list(account_ids)),
-                               what="creditors")
+        rows = await self._run(
+            lambda connection: accounts.get_accounts(connection, list(account_ids)), what="creditors"
+        )
         return {row.account_id: CreditorFacts(row.account_id, row.currency, row.status) for row in rows}
 
     async def stored_entries(self, transaction_ids: Sequence[UUID]) -> dict[UUID, StoredEntry]:
         """How each of the transactions that exist was first written."""
-        rows = await self._run(lambda connection: journal.stored_first_writes(connection, transaction_ids),
-                               what="stored_entries")
-        return {transaction_id: StoredEntry(row["fingerprint"], _origin(row)) for transaction_id, row in rows.items()}
+        rows = await self._run(
+            lambda connection: journal.stored_first_writes(connection, transaction_ids), what="stored_entries"
+        )
+        return {
+            transaction_id: StoredEntry(row["fingerprint"], _origin(row))
+            for transaction_id, row in rows.items()
+        }
 
     async def mark_published(self, event_ids: Sequence[UUID]) -> None:
         """Outbox rows their writer has published itself (after its commit): the relay
         leaves them alone."""
         if event_ids:
-            await self._run(lambda connection: journal.mark_published(connection, event_ids),
-                            what="mark_published")
+            await self._run(
+                lambda connection: journal.mark_published(connection, event_ids), what="mark_published"
+            )
 
     async def get_account(self, account_id: str) -> AccountRow | None:
-        return await self._run(lambda connection: accounts.get_account(connection, account_id),
-                               what="get_account")
+        return await self._run(
+            lambda connection: accounts.get_account(connection, account_id), what="get_account"
+        )
 
     async def balances(self) -> dict[str, int]:
         return await self._run(reads.balances, what="balances")
@@ -151,21 +171,24 @@ class LedgerStore:
     async def stored_events(self, event_ids: Sequence[UUID]) -> list[OutboxRow]:
         """Events as the outbox keeps them (the same bytes under the same event_id): the
         answer to a repeated command whose outcome lives only there."""
-        rows = await self._run(lambda connection: reads.stored_events(connection, list(event_ids)),
-                               what="stored_events")
+        rows = await self._run(
+            lambda connection: reads.stored_events(connection, list(event_ids)), what="stored_events"
+        )
         return [outbox_row(row) for row in rows]
 
     async def outbox_stuck(self, older_than_seconds: float) -> int:
         """Unpublished outbox rows older than the threshold: the relay is not keeping up."""
         return await self._run(
-            lambda connection: reads.outbox_stuck(connection, older_than_seconds), what="outbox_stuck")
+            lambda connection: reads.outbox_stuck(connection, older_than_seconds), what="outbox_stuck"
+        )
 
     async def rebuild_daily_balances(self) -> int:
         return await self._run(reads.rebuild_daily_balances, what="rebuild_daily_balances")
 
     async def daily_balances(self, account_id: str) -> list[DailyBalance]:
-        return await self._run(lambda connection: reads.daily_balances(connection, account_id),
-                               what="daily_balances")
+        return await self._run(
+            lambda connection: reads.daily_balances(connection, account_id), what="daily_balances"
+        )
 
 
 async def _write_unique(
@@ -174,8 +197,11 @@ async def _write_unique(
     """Write entries with distinct transaction ids; return (ids written now, first writes)."""
     rows = await journal.write(connection, opened, unique)
     applied = {row["transaction_id"] for row in rows if row["applied"]}
-    stored = {entry.transaction_id: (entry.fingerprint, origin) for entry, origin in unique
-              if entry.transaction_id in applied}
+    stored = {
+        entry.transaction_id: (entry.fingerprint, origin)
+        for entry, origin in unique
+        if entry.transaction_id in applied
+    }
     for row in rows:
         if not row["applied"]:
             stored[row["transaction_id"]] = (row["fingerprint"], _origin(row))

@@ -43,18 +43,22 @@ class KeyUse(msgspec.Struct, frozen=True):
 
 
 def key_use(command: PaymentCommand, fingerprint: str) -> KeyUse:
-    payment_id = (payment_id_for(command.idempotency_key) if isinstance(command, RequestPayment)
-                  else command.payment_id)
+    payment_id = (
+        payment_id_for(command.idempotency_key) if isinstance(command, RequestPayment) else command.payment_id
+    )
     return KeyUse(command.type, payment_id, fingerprint)
 
 
 def reuse_detail(key: str, first: KeyUse) -> str:
-    return (f"idempotency key {key!r} was used before with a different payload: "
-            f"first for {first.command_type} / payment {first.payment_id}")
+    return (
+        f"idempotency key {key!r} was used before with a different payload: "
+        f"first for {first.command_type} / payment {first.payment_id}"
+    )
 
 
-def screen_key(first: KeyUse | None, command: PaymentCommand, fingerprint: str, origin: Origin
-               ) -> KeyUse | CommandRejected:
+def screen_key(
+    first: KeyUse | None, command: PaymentCommand, fingerprint: str, origin: Origin
+) -> KeyUse | CommandRejected:
     """The key's use to hand the command over under, or the conflict that refuses it.
 
     A fresh key returns the use to register; a repeat of the first command returns the
@@ -65,21 +69,37 @@ def screen_key(first: KeyUse | None, command: PaymentCommand, fingerprint: str, 
     key = command.idempotency_key
     return CommandRejected(
         # One answer per message: a redelivery of this message re-publishes the same event.
-        event_id=rejection_id_for(key, origin.place), command_type=command.type, idempotency_key=key,
-        reason=RejectionReason.IDEMPOTENCY_CONFLICT, detail=reuse_detail(key, first))
+        event_id=rejection_id_for(key, origin.place),
+        command_type=command.type,
+        idempotency_key=key,
+        reason=RejectionReason.IDEMPOTENCY_CONFLICT,
+        detail=reuse_detail(key, first),
+    )
 
 
 def rejection(invalid: Invalid, origin: Origin) -> CommandRejected:
     subject = invalid.idempotency_key or invalid.account_id or ""
     return CommandRejected(
-        event_id=rejection_id_for(subject, origin.place), command_type=invalid.command_type,
-        idempotency_key=invalid.idempotency_key, account_id=invalid.account_id,
-        reason=RejectionReason.INVALID_REQUEST, detail=invalid.detail, errors=invalid.errors)
+        event_id=rejection_id_for(subject, origin.place),
+        command_type=invalid.command_type,
+        idempotency_key=invalid.idempotency_key,
+        account_id=invalid.account_id,
+        reason=RejectionReason.INVALID_REQUEST,
+        detail=invalid.detail,
+        errors=invalid.errors,
+    )
 
 
 def payment_request(command: RequestPayment) -> PaymentRequest:
-    return PaymentRequest(command.idempotency_key, command.debtor_account_id, command.creditor_account_id,
-                          command.amount, command.currency, command.description, dict(command.metadata))
+    return PaymentRequest(
+        command.idempotency_key,
+        command.debtor_account_id,
+        command.creditor_account_id,
+        command.amount,
+        command.currency,
+        command.description,
+        dict(command.metadata),
+    )
 
 
 def hand_over(command: Command, fingerprint: str, origin: Origin) -> list[Dispatch]:
@@ -89,22 +109,70 @@ def hand_over(command: Command, fingerprint: str, origin: Origin) -> list[Dispat
             payment_id = payment_id_for(command.idempotency_key)
             debtor = command.debtor_account_id
             return [
-                Dispatch(debtor, PaymentSubmitted(origin=origin, payment_id=payment_id, fingerprint=fingerprint,
-                                                  request=payment_request(command))),
+                Dispatch(
+                    debtor,
+                    PaymentSubmitted(
+                        origin=origin,
+                        payment_id=payment_id,
+                        fingerprint=fingerprint,
+                        request=payment_request(command),
+                    ),
+                ),
                 # Its own position after the hand-over's: the two may go to one partition,
                 # which applies each position of a source once (models/owner.py, Tracking).
-                Dispatch(payment_id, RecordHome(origin=msgspec.structs.replace(origin, index=origin.index + 1),
-                                                payment_id=payment_id, home=debtor)),
+                Dispatch(
+                    payment_id,
+                    RecordHome(
+                        origin=msgspec.structs.replace(origin, index=origin.index + 1),
+                        payment_id=payment_id,
+                        home=debtor,
+                    ),
+                ),
             ]
         case RefundPayment():
-            return [Dispatch(command.payment_id, RefundRequested(
-                origin=origin, payment_id=command.payment_id, refund_key=command.idempotency_key,
-                amount=command.amount, fingerprint=fingerprint))]
+            return [
+                Dispatch(
+                    command.payment_id,
+                    RefundRequested(
+                        origin=origin,
+                        payment_id=command.payment_id,
+                        refund_key=command.idempotency_key,
+                        amount=command.amount,
+                        fingerprint=fingerprint,
+                    ),
+                )
+            ]
         case OpenAccount():
-            return [Dispatch(command.account_id, OpenAccountOp(origin=origin, opening=Opening(
-                command.account_id, command.owner_id, command.currency, command.overdraft_limit,
-                command.kyc_status, fingerprint)))]
+            return [
+                Dispatch(
+                    command.account_id,
+                    OpenAccountOp(
+                        origin=origin,
+                        opening=Opening(
+                            command.account_id,
+                            command.owner_id,
+                            command.currency,
+                            command.overdraft_limit,
+                            command.kyc_status,
+                            fingerprint,
+                        ),
+                    ),
+                )
+            ]
         case FundAccount():
-            return [Dispatch(command.account_id, FundAccountOp(origin=origin, funding=Funding(
-                command.idempotency_key, command.account_id, command.amount, command.currency, fingerprint)))]
+            return [
+                Dispatch(
+                    command.account_id,
+                    FundAccountOp(
+                        origin=origin,
+                        funding=Funding(
+                            command.idempotency_key,
+                            command.account_id,
+                            command.amount,
+                            command.currency,
+                            fingerprint,
+                        ),
+                    ),
+                )
+            ]
     raise AssertionError(f"unhandled command {command!r}")

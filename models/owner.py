@@ -163,16 +163,23 @@ class Effects:
     _posted: dict[UUID, StoredEntry] = field(default_factory=dict)  # entries of this batch
 
     def mark(self) -> Mark:
-        return Mark(len(self.entries), len(self.openings), len(self.outputs), len(self.republish),
-                    len(self.calls), len(self.voids), len(self.notes))
+        return Mark(
+            len(self.entries),
+            len(self.openings),
+            len(self.outputs),
+            len(self.republish),
+            len(self.calls),
+            len(self.voids),
+            len(self.notes),
+        )
 
     def rollback(self, mark: Mark) -> None:
         """Take back what was added since `mark` (a step that failed half-way)."""
-        for entry, _ in self.entries[mark.entries:]:
+        for entry, _ in self.entries[mark.entries :]:
             self._posted.pop(entry.transaction_id, None)
-        del self.entries[mark.entries:], self.openings[mark.openings:], self.outputs[mark.outputs:]
-        del self.republish[mark.republish:], self.calls[mark.calls:], self.voids[mark.voids:]
-        del self.notes[mark.notes:]
+        del self.entries[mark.entries :], self.openings[mark.openings :], self.outputs[mark.outputs :]
+        del self.republish[mark.republish :], self.calls[mark.calls :], self.voids[mark.voids :]
+        del self.notes[mark.notes :]
 
     def publish(self, event: Event) -> None:
         self.outputs.append(Publish(event))
@@ -222,8 +229,9 @@ def handle(state: State, step: OwnerStep, at: Origin, facts: Facts, limits: Limi
         case ApplyCredit():
             credited = state.account(step.account_id)
             if credited is None:
-                raise UnknownAccount(f"credit of {step.amount} ({step.transaction_id}) for unknown account "
-                                     f"{step.account_id}")
+                raise UnknownAccount(
+                    f"credit of {step.amount} ({step.transaction_id}) for unknown account {step.account_id}"
+                )
             state.set_account(partition, accounts.credit(credited, step.amount))
         case PostRefund():
             on_post_refund(state, step, at, effects)
@@ -238,17 +246,36 @@ def handle(state: State, step: OwnerStep, at: Origin, facts: Facts, limits: Limi
 
 
 def opened_event(account: Account) -> AccountOpened:
-    return AccountOpened(event_id=event_id_for(account.account_id, "AccountOpened"),
-                         account_id=account.account_id, owner_id=account.owner_id, currency=account.currency,
-                         overdraft_limit=account.overdraft_limit, kyc_status=account.kyc_status)
+    return AccountOpened(
+        event_id=event_id_for(account.account_id, "AccountOpened"),
+        account_id=account.account_id,
+        owner_id=account.owner_id,
+        currency=account.currency,
+        overdraft_limit=account.overdraft_limit,
+        kyc_status=account.kyc_status,
+    )
 
 
-def rejected(command_type: str, reason: RejectionReason, detail: str, field_name: str, origin: Origin, *,
-             account_id: str | None = None, idempotency_key: str | None = None) -> CommandRejected:
+def rejected(
+    command_type: str,
+    reason: RejectionReason,
+    detail: str,
+    field_name: str,
+    origin: Origin,
+    *,
+    account_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> CommandRejected:
     subject = idempotency_key or account_id or ""
-    return CommandRejected(event_id=rejection_id_for(subject, origin.place), command_type=command_type,
-                           idempotency_key=idempotency_key, account_id=account_id, reason=reason,
-                           detail=detail, errors=(FieldError(field=field_name, message=detail),))
+    return CommandRejected(
+        event_id=rejection_id_for(subject, origin.place),
+        command_type=command_type,
+        idempotency_key=idempotency_key,
+        account_id=account_id,
+        reason=reason,
+        detail=detail,
+        errors=(FieldError(field=field_name, message=detail),),
+    )
 
 
 def on_open(state: State, step: OpenAccountOp, at: Origin, effects: Effects) -> None:
@@ -263,16 +290,28 @@ def on_open(state: State, step: OpenAccountOp, at: Origin, effects: Effects) -> 
         effects.publish(opened_event(current))  # a repeat: the same answer again
     else:
         detail = f"account {opening.account_id} was opened before with a different payload"
-        effects.publish(rejected("OpenAccount", RejectionReason.IDEMPOTENCY_CONFLICT, detail, "account_id",
-                                 step.origin, account_id=opening.account_id))
+        effects.publish(
+            rejected(
+                "OpenAccount",
+                RejectionReason.IDEMPOTENCY_CONFLICT,
+                detail,
+                "account_id",
+                step.origin,
+                account_id=opening.account_id,
+            )
+        )
 
 
 def funded_event(step: FundAccountOp) -> AccountFunded:
     funding = step.funding
-    return AccountFunded(event_id=event_id_for(funding.idempotency_key, "AccountFunded"),
-                         account_id=funding.account_id, idempotency_key=funding.idempotency_key,
-                         amount=funding.amount, currency=funding.currency,
-                         transaction_id=transaction_id_for(EntryKind.FUNDING, funding.idempotency_key))
+    return AccountFunded(
+        event_id=event_id_for(funding.idempotency_key, "AccountFunded"),
+        account_id=funding.account_id,
+        idempotency_key=funding.idempotency_key,
+        amount=funding.amount,
+        currency=funding.currency,
+        transaction_id=transaction_id_for(EntryKind.FUNDING, funding.idempotency_key),
+    )
 
 
 def on_fund(state: State, step: FundAccountOp, at: Origin, facts: Facts, effects: Effects) -> None:
@@ -280,22 +319,36 @@ def on_fund(state: State, step: FundAccountOp, at: Origin, facts: Facts, effects
     account = state.account(funding.account_id)
 
     def refuse(reason: RejectionReason, detail: str, field_name: str) -> None:
-        effects.publish(rejected("FundAccount", reason, detail, field_name, step.origin,
-                                 account_id=funding.account_id, idempotency_key=funding.idempotency_key))
+        effects.publish(
+            rejected(
+                "FundAccount",
+                reason,
+                detail,
+                field_name,
+                step.origin,
+                account_id=funding.account_id,
+                idempotency_key=funding.idempotency_key,
+            )
+        )
 
     if account is None:
         refuse(RejectionReason.INVALID_REQUEST, f"account {funding.account_id} does not exist", "account_id")
         return
     if account.currency != funding.currency:
-        refuse(RejectionReason.INVALID_REQUEST,
-               f"account {funding.account_id} holds {account.currency}, not {funding.currency}", "currency")
+        refuse(
+            RejectionReason.INVALID_REQUEST,
+            f"account {funding.account_id} holds {account.currency}, not {funding.currency}",
+            "currency",
+        )
         return
     event = funded_event(step)
     stored = effects._posted.get(event.transaction_id) or facts.fundings.get(event.transaction_id)
     if stored is not None and stored.fingerprint != funding.fingerprint:
-        refuse(RejectionReason.IDEMPOTENCY_CONFLICT,
-               f"idempotency key {funding.idempotency_key!r} was used before with a different payload",
-               "idempotency_key")
+        refuse(
+            RejectionReason.IDEMPOTENCY_CONFLICT,
+            f"idempotency key {funding.idempotency_key!r} was used before with a different payload",
+            "idempotency_key",
+        )
         return
     if stored is not None and stored.origin != step.origin:
         effects.republish.append(event.event_id)  # the same command again: its first answer
@@ -312,24 +365,46 @@ def age_seconds(payment: Payment) -> float:
     return (payment.history[-1].at - payment.history[0].at).total_seconds()
 
 
-def fail(state: State, partition: int, payment: Payment, refusal: Refusal, effects: Effects,
-         psp_reference: str | None = None) -> Payment:
+def fail(
+    state: State,
+    partition: int,
+    payment: Payment,
+    refusal: Refusal,
+    effects: Effects,
+    psp_reference: str | None = None,
+) -> Payment:
     """The payment's one outcome, when it ends without moving money."""
     if payment.decided:
         return payment
     event = payments.failed_event(payment, refusal, psp_reference)
-    failed = payment.noted("failed", f"{refusal.reason}: {refusal.detail}", status="failed",
-                           reason=refusal.reason, detail=refusal.detail, outcome=msgspec.Raw(dumps(event)),
-                           psp_reference=psp_reference)
+    failed = payment.noted(
+        "failed",
+        f"{refusal.reason}: {refusal.detail}",
+        status="failed",
+        reason=refusal.reason,
+        detail=refusal.detail,
+        outcome=msgspec.Raw(dumps(event)),
+        psp_reference=psp_reference,
+    )
     state.set_payment(partition, failed)
     effects.publish(event)
-    effects.notes.append(Note("outcome", "failed", payment.payment_id, refusal.reason, refusal.detail,
-                              age_seconds(failed), payment.request.idempotency_key))
+    effects.notes.append(
+        Note(
+            "outcome",
+            "failed",
+            payment.payment_id,
+            refusal.reason,
+            refusal.detail,
+            age_seconds(failed),
+            payment.request.idempotency_key,
+        )
+    )
     return failed
 
 
-def creditor_facts(state: State, step: PaymentSubmitted, partition: int, facts: Facts
-                   ) -> tuple[bool, CreditorFacts | None]:
+def creditor_facts(
+    state: State, step: PaymentSubmitted, partition: int, facts: Facts
+) -> tuple[bool, CreditorFacts | None]:
     """(known, facts): whether the creditor's existence is settled here, and its facts."""
     creditor_id = step.request.creditor_account_id
     if step.creditor_checked:
@@ -341,15 +416,24 @@ def creditor_facts(state: State, step: PaymentSubmitted, partition: int, facts: 
     return found is not None, found
 
 
-def on_submitted(state: State, step: PaymentSubmitted, at: Origin, facts: Facts, limits: Limits,
-                 effects: Effects) -> None:
+def on_submitted(
+    state: State, step: PaymentSubmitted, at: Origin, facts: Facts, limits: Limits, effects: Effects
+) -> None:
     request, partition = step.request, at.partition
     record = state.payment(step.payment_id)
     if record is not None:
         if record.fingerprint != step.fingerprint:
             detail = f"idempotency key {request.idempotency_key!r} was used before with a different payload"
-            effects.publish(rejected("RequestPayment", RejectionReason.IDEMPOTENCY_CONFLICT, detail,
-                                     "idempotency_key", step.origin, idempotency_key=request.idempotency_key))
+            effects.publish(
+                rejected(
+                    "RequestPayment",
+                    RejectionReason.IDEMPOTENCY_CONFLICT,
+                    detail,
+                    "idempotency_key",
+                    step.origin,
+                    idempotency_key=request.idempotency_key,
+                )
+            )
         elif record.decided:  # the same command again: its outcome, once known
             effects.publish(stored_event(record.outcome))
         return
@@ -385,8 +469,9 @@ def on_submitted(state: State, step: PaymentSubmitted, at: Origin, facts: Facts,
 def on_check_creditor(state: State, step: CheckCreditor, at: Origin, effects: Effects) -> None:
     submitted = step.submitted
     creditor = state.account(submitted.request.creditor_account_id)
-    answer = msgspec.structs.replace(submitted, origin=at, creditor_checked=True,
-                                     creditor=creditor.facts if creditor is not None else None)
+    answer = msgspec.structs.replace(
+        submitted, origin=at, creditor_checked=True, creditor=creditor.facts if creditor is not None else None
+    )
     effects.dispatch(submitted.request.debtor_account_id, answer)
 
 
@@ -398,17 +483,31 @@ def on_answer(state: State, step: PspAnswered, at: Origin, effects: Effects) -> 
     partition = at.partition
     record = state.payment(step.payment_id)
     if record is None:
-        effects.notes.append(Note("log", "psp answer for a payment this partition does not hold", step.payment_id,
-                                  level="error"))
+        effects.notes.append(
+            Note(
+                "log", "psp answer for a payment this partition does not hold", step.payment_id, level="error"
+            )
+        )
         return
     if record.psp != "in_flight":
         if step.result == "approved" and record.psp != "approved":
             effects.voids.append(step.payment_id)
-            effects.notes.append(Note("log", f"psp approved after the payment ended {record.psp}: voiding the "
-                                             "capture at the provider", step.payment_id, level="warning"))
+            effects.notes.append(
+                Note(
+                    "log",
+                    f"psp approved after the payment ended {record.psp}: voiding the capture at the provider",
+                    step.payment_id,
+                    level="warning",
+                )
+            )
         else:
-            effects.notes.append(Note("log", f"psp answer {step.result} ignored: the payment is already "
-                                             f"{record.psp}", step.payment_id))
+            effects.notes.append(
+                Note(
+                    "log",
+                    f"psp answer {step.result} ignored: the payment is already {record.psp}",
+                    step.payment_id,
+                )
+            )
         return
     request = record.request
     debtor = state.account(request.debtor_account_id)
@@ -422,8 +521,13 @@ def on_answer(state: State, step: PspAnswered, at: Origin, effects: Effects) -> 
         effects.notes.append(Note("compensation", reason.value, step.payment_id))
         if step.result == "gave_up":
             effects.voids.append(step.payment_id)  # whatever its timed-out attempts captured
-            effects.notes.append(Note("log", "psp gave up: voiding at the provider whatever its attempts captured",
-                                      step.payment_id))
+            effects.notes.append(
+                Note(
+                    "log",
+                    "psp gave up: voiding at the provider whatever its attempts captured",
+                    step.payment_id,
+                )
+            )
         return
     capture(state, record, step.psp_reference or "", at, effects)
 
@@ -433,27 +537,61 @@ def capture(state: State, record: Payment, psp_reference: str, at: Origin, effec
     partition, request = at.partition, record.request
     authorized = record.noted("authorized")
     captured = payments.captured_event(authorized, psp_reference)
-    effects.post(JournalEntry(
-        transaction_id=captured.transaction_id, kind=EntryKind.CAPTURE,
-        idempotency_key=request.idempotency_key, fingerprint=record.payment_id, payment_id=record.payment_id,
-        postings=transfer(request.debtor_account_id, request.creditor_account_id, request.amount,
-                          request.currency),
-        outbox=(outbox(captured),)), at)
+    effects.post(
+        JournalEntry(
+            transaction_id=captured.transaction_id,
+            kind=EntryKind.CAPTURE,
+            idempotency_key=request.idempotency_key,
+            fingerprint=record.payment_id,
+            payment_id=record.payment_id,
+            postings=transfer(
+                request.debtor_account_id, request.creditor_account_id, request.amount, request.currency
+            ),
+            outbox=(outbox(captured),),
+        ),
+        at,
+    )
     debtor = state.account(request.debtor_account_id)
     assert debtor is not None
     state.set_account(partition, accounts.settle(debtor, record.payment_id, request.amount))
-    credit_leg(state, partition, request.creditor_account_id, str(captured.transaction_id), request.amount,
-               at, effects)
+    credit_leg(
+        state,
+        partition,
+        request.creditor_account_id,
+        str(captured.transaction_id),
+        request.amount,
+        at,
+        effects,
+    )
     effects.publish(payments.authorized_event(authorized, psp_reference))
-    done = authorized.noted("captured", status="captured", psp="approved", psp_reference=psp_reference,
-                            outcome=msgspec.Raw(dumps(captured)))
+    done = authorized.noted(
+        "captured",
+        status="captured",
+        psp="approved",
+        psp_reference=psp_reference,
+        outcome=msgspec.Raw(dumps(captured)),
+    )
     state.set_payment(partition, done)
-    effects.notes.append(Note("outcome", "captured", record.payment_id, seconds=age_seconds(done),
-                              idempotency_key=request.idempotency_key))
+    effects.notes.append(
+        Note(
+            "outcome",
+            "captured",
+            record.payment_id,
+            seconds=age_seconds(done),
+            idempotency_key=request.idempotency_key,
+        )
+    )
 
 
-def credit_leg(state: State, partition: int, account_id: str, transaction_id: str, amount: int,
-               at: Origin, effects: Effects) -> None:
+def credit_leg(
+    state: State,
+    partition: int,
+    account_id: str,
+    transaction_id: str,
+    amount: int,
+    at: Origin,
+    effects: Effects,
+) -> None:
     """Credit the account here when its home is this partition, else send it there."""
     if state.partition_of(account_id) == partition:
         creditor = state.account(account_id)
@@ -461,8 +599,10 @@ def credit_leg(state: State, partition: int, account_id: str, transaction_id: st
             raise UnknownAccount(f"credit of {amount} ({transaction_id}) for unknown account {account_id}")
         state.set_account(partition, accounts.credit(creditor, amount))
         return
-    effects.dispatch(account_id, ApplyCredit(origin=at, account_id=account_id,
-                                             transaction_id=transaction_id, amount=amount))
+    effects.dispatch(
+        account_id,
+        ApplyCredit(origin=at, account_id=account_id, transaction_id=transaction_id, amount=amount),
+    )
 
 
 # --- refunds ----------------------------------------------------------------------------------
@@ -476,8 +616,16 @@ def on_refund_requested(state: State, step: RefundRequested, at: Origin, effects
         effects.publish(payments.refund_failed_event(step.payment_id, step.refund_key, step.amount, refusal))
         effects.notes.append(Note("refund", "failed", step.payment_id, refusal.reason))
         return
-    effects.dispatch(home, RefundSubmitted(origin=at, payment_id=step.payment_id, refund_key=step.refund_key,
-                                           amount=step.amount, fingerprint=step.fingerprint))
+    effects.dispatch(
+        home,
+        RefundSubmitted(
+            origin=at,
+            payment_id=step.payment_id,
+            refund_key=step.refund_key,
+            amount=step.amount,
+            fingerprint=step.fingerprint,
+        ),
+    )
 
 
 def on_refund_submitted(state: State, step: RefundSubmitted, at: Origin, effects: Effects) -> None:
@@ -486,8 +634,16 @@ def on_refund_submitted(state: State, step: RefundSubmitted, at: Origin, effects
     if known is not None:
         if known.fingerprint != step.fingerprint:
             detail = f"idempotency key {step.refund_key!r} was used before with a different payload"
-            effects.publish(rejected("RefundPayment", RejectionReason.IDEMPOTENCY_CONFLICT, detail,
-                                     "idempotency_key", step.origin, idempotency_key=step.refund_key))
+            effects.publish(
+                rejected(
+                    "RefundPayment",
+                    RejectionReason.IDEMPOTENCY_CONFLICT,
+                    detail,
+                    "idempotency_key",
+                    step.origin,
+                    idempotency_key=step.refund_key,
+                )
+            )
         elif payments.has_event(known.outcome):
             effects.publish(stored_event(known.outcome))
         return
@@ -498,21 +654,36 @@ def on_refund_submitted(state: State, step: RefundSubmitted, at: Origin, effects
         effects.publish(event)
         effects.notes.append(Note("refund", "failed", step.payment_id, refusal.reason))
         if record is not None:
-            failed = RefundRecord(refund_id=refund_id, fingerprint=step.fingerprint, amount=step.amount or 0,
-                                  status="failed", outcome=msgspec.Raw(dumps(event)))
+            failed = RefundRecord(
+                refund_id=refund_id,
+                fingerprint=step.fingerprint,
+                amount=step.amount or 0,
+                status="failed",
+                outcome=msgspec.Raw(dumps(event)),
+            )
             state.set_payment(at.partition, payments.with_refund(record, step.refund_key, failed))
         return
     assert record is not None
     amount = step.amount if step.amount is not None else record.refundable
     refund = RefundRecord(refund_id=refund_id, fingerprint=step.fingerprint, amount=amount)
     requested = payments.with_refund(record, step.refund_key, refund).noted(
-        "refund_requested", f"{amount}", refund_pending=record.refund_pending + amount)
+        "refund_requested", f"{amount}", refund_pending=record.refund_pending + amount
+    )
     state.set_payment(at.partition, requested)
     request = record.request
-    effects.dispatch(request.creditor_account_id, PostRefund(
-        origin=at, payment_id=record.payment_id, refund_id=refund_id, refund_key=step.refund_key, amount=amount,
-        debtor_account_id=request.debtor_account_id, creditor_account_id=request.creditor_account_id,
-        currency=request.currency))
+    effects.dispatch(
+        request.creditor_account_id,
+        PostRefund(
+            origin=at,
+            payment_id=record.payment_id,
+            refund_id=refund_id,
+            refund_key=step.refund_key,
+            amount=amount,
+            debtor_account_id=request.debtor_account_id,
+            creditor_account_id=request.creditor_account_id,
+            currency=request.currency,
+        ),
+    )
 
 
 def on_post_refund(state: State, step: PostRefund, at: Origin, effects: Effects) -> None:
@@ -524,19 +695,39 @@ def on_post_refund(state: State, step: PostRefund, at: Origin, effects: Effects)
     short = accounts.short_of(payer, step.amount)
     if short is not None:
         refusal = Refusal(RefundFailureReason.INSUFFICIENT_FUNDS.value, short.detail)
-        effects.dispatch(step.debtor_account_id, RefundStepFailed(
-            origin=at, payment_id=step.payment_id, refund_key=step.refund_key, refusal=refusal))
+        effects.dispatch(
+            step.debtor_account_id,
+            RefundStepFailed(
+                origin=at, payment_id=step.payment_id, refund_key=step.refund_key, refusal=refusal
+            ),
+        )
         return
-    event = payments.refunded_event(step.payment_id, step.refund_id, step.refund_key, step.amount, step.currency)
-    effects.post(JournalEntry(
-        transaction_id=event.transaction_id, kind=EntryKind.REFUND, idempotency_key=step.refund_key,
-        fingerprint=f"{step.refund_id}/{step.amount}", payment_id=step.payment_id,
-        postings=transfer(step.creditor_account_id, step.debtor_account_id, step.amount, step.currency),
-        outbox=(outbox(event),)), at)
+    event = payments.refunded_event(
+        step.payment_id, step.refund_id, step.refund_key, step.amount, step.currency
+    )
+    effects.post(
+        JournalEntry(
+            transaction_id=event.transaction_id,
+            kind=EntryKind.REFUND,
+            idempotency_key=step.refund_key,
+            fingerprint=f"{step.refund_id}/{step.amount}",
+            payment_id=step.payment_id,
+            postings=transfer(step.creditor_account_id, step.debtor_account_id, step.amount, step.currency),
+            outbox=(outbox(event),),
+        ),
+        at,
+    )
     state.set_account(at.partition, accounts.credit(payer, -step.amount))
-    effects.dispatch(step.debtor_account_id, RefundPosted(
-        origin=at, payment_id=step.payment_id, refund_key=step.refund_key, amount=step.amount,
-        event=msgspec.Raw(dumps(event))))
+    effects.dispatch(
+        step.debtor_account_id,
+        RefundPosted(
+            origin=at,
+            payment_id=step.payment_id,
+            refund_key=step.refund_key,
+            amount=step.amount,
+            event=msgspec.Raw(dumps(event)),
+        ),
+    )
 
 
 def on_refund_posted(state: State, step: RefundPosted, at: Origin, effects: Effects) -> None:
@@ -552,9 +743,16 @@ def on_refund_posted(state: State, step: RefundPosted, at: Origin, effects: Effe
     total = record.refunded_total + refund.amount
     status = "refunded" if total >= record.request.amount else "partially_refunded"
     done = msgspec.structs.replace(refund, status="refunded", outcome=step.event)
-    state.set_payment(at.partition, payments.with_refund(record, step.refund_key, done).noted(
-        "refunded", f"{refund.amount}", status=status, refunded_total=total,
-        refund_pending=record.refund_pending - refund.amount))
+    state.set_payment(
+        at.partition,
+        payments.with_refund(record, step.refund_key, done).noted(
+            "refunded",
+            f"{refund.amount}",
+            status=status,
+            refunded_total=total,
+            refund_pending=record.refund_pending - refund.amount,
+        ),
+    )
 
 
 def on_refund_failed(state: State, step: RefundStepFailed, at: Origin, effects: Effects) -> None:
@@ -564,7 +762,11 @@ def on_refund_failed(state: State, step: RefundStepFailed, at: Origin, effects: 
         return
     event = payments.refund_failed_event(step.payment_id, step.refund_key, refund.amount, step.refusal)
     done = msgspec.structs.replace(refund, status="failed", outcome=msgspec.Raw(dumps(event)))
-    state.set_payment(at.partition, payments.with_refund(record, step.refund_key, done).noted(
-        "refund_failed", step.refusal.detail, refund_pending=record.refund_pending - refund.amount))
+    state.set_payment(
+        at.partition,
+        payments.with_refund(record, step.refund_key, done).noted(
+            "refund_failed", step.refusal.detail, refund_pending=record.refund_pending - refund.amount
+        ),
+    )
     effects.publish(event)
     effects.notes.append(Note("refund", "failed", step.payment_id, step.refusal.reason))

@@ -94,14 +94,18 @@ def position(record: StepRecord) -> Origin:
 
 def about(step: Any, payment_id: str) -> bool:
     submitted = getattr(step, "submitted", None)
-    return getattr(step, "payment_id", None) == payment_id or getattr(submitted, "payment_id", None) == payment_id
+    return (
+        getattr(step, "payment_id", None) == payment_id
+        or getattr(submitted, "payment_id", None) == payment_id
+    )
 
 
 async def steps_about(service: Service, payment_id: str, kind: str | None = None) -> list[StepRecord]:
     """Every step of the steps topic about the payment (optionally of one kind), read from
     the beginning to the end offsets, without deduplication."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=service.bootstrap, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=service.bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=50
+    )
     await consumer.start()
     found: list[StepRecord] = []
     try:
@@ -119,7 +123,9 @@ async def steps_about(service: Service, payment_id: str, kind: str | None = None
                 for message in messages:
                     for index, step in enumerate(decode_message(message.value)):
                         if not isinstance(step, BadStep) and about(step, payment_id):
-                            found.append(StepRecord(message.topic, message.partition, message.offset, index, step))
+                            found.append(
+                                StepRecord(message.topic, message.partition, message.offset, index, step)
+                            )
     finally:
         await consumer.stop()
     return [record for record in found if kind is None or record.kind == kind]
@@ -131,7 +137,8 @@ async def committed_offset(service: Service, topic: str, partition: int) -> int:
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(
-            APP_ID, partitions=[TopicPartition(topic, partition)])
+            APP_ID, partitions=[TopicPartition(topic, partition)]
+        )
     finally:
         await admin.close()
     committed = offsets.get(TopicPartition(topic, partition))
@@ -143,9 +150,12 @@ async def handled(service: Service, *answers: RecordMetadata | StepRecord) -> No
     decided, and whatever the decisions said to send is sent."""
     for answer in answers:
         where = TopicPartition(answer.topic, answer.partition)
-        await poll(partial(committed_offset, service, where.topic, where.partition),
-                   partial(operator.lt, answer.offset), timeout_seconds=30,
-                   what=f"the worker's offset committed past {where}@{answer.offset}")
+        await poll(
+            partial(committed_offset, service, where.topic, where.partition),
+            partial(operator.lt, answer.offset),
+            timeout_seconds=30,
+            what=f"the worker's offset committed past {where}@{answer.offset}",
+        )
 
 
 # --- what the worker did -------------------------------------------------------------------------
@@ -173,8 +183,9 @@ def dead_letters(service: Service) -> int:
 
 
 async def transactions_of(service: Service, payment_id: str) -> int:
-    rows = await sql(service, "SELECT COUNT(DISTINCT transaction_id) AS n FROM postings "
-                              "WHERE payment_id = $1", payment_id)
+    rows = await sql(
+        service, "SELECT COUNT(DISTINCT transaction_id) AS n FROM postings WHERE payment_id = $1", payment_id
+    )
     return int(rows[0]["n"])
 
 
@@ -200,13 +211,19 @@ async def test_a_late_approval_after_compensation_moves_no_money(service: Servic
 
     # The provider answers at last (as the call would: the request's position as origin),
     # and once more from a made-up position far below it.
-    late = PspAnswered(origin=position(request), payment_id=payment_id, home=debtor, result="approved",
-                       psp_reference="psp-late-approval-1")
+    late = PspAnswered(
+        origin=position(request),
+        payment_id=payment_id,
+        home=debtor,
+        result="approved",
+        psp_reference="psp-late-approval-1",
+    )
     landed = await publish_answer(service, late)
     assert landed.partition == request.partition  # the same partition: its owner decides
     made_up = Origin(STEPS, request.partition, 0)
-    landed_too = await publish_answer(service, msgspec.structs.replace(late, origin=made_up,
-                                                                       psp_reference="psp-late-2"))
+    landed_too = await publish_answer(
+        service, msgspec.structs.replace(late, origin=made_up, psp_reference="psp-late-2")
+    )
     await handled(service, landed, landed_too)
     await quiet(QUIET_AFTER_ANSWER_SECONDS)
 
@@ -251,10 +268,22 @@ async def test_a_repeated_or_contradicting_answer_after_the_capture_changes_noth
     # The very same bytes again (a provider or a restarted call answering twice), then a
     # decline and a give-up for the same request.
     landed = [await publish_answer(service, first)]
-    landed.append(await publish_answer(service, msgspec.structs.replace(
-        first, result="declined", psp_reference=None, detail="declined on the second call")))
-    landed.append(await publish_answer(service, msgspec.structs.replace(
-        first, result="gave_up", psp_reference=None, detail="no answer on the second call")))
+    landed.append(
+        await publish_answer(
+            service,
+            msgspec.structs.replace(
+                first, result="declined", psp_reference=None, detail="declined on the second call"
+            ),
+        )
+    )
+    landed.append(
+        await publish_answer(
+            service,
+            msgspec.structs.replace(
+                first, result="gave_up", psp_reference=None, detail="no answer on the second call"
+            ),
+        )
+    )
     await handled(service, *landed)
     await quiet(QUIET_AFTER_ANSWER_SECONDS)
 
@@ -289,20 +318,35 @@ async def test_an_approval_while_the_call_runs_wins_over_the_calls_own_give_up(s
     await fund(service, "pa-early-fund", debtor, 5_000)
     await driver.pay(key, debtor, creditor, 2_000, metadata={"psp_simulation": "timeout"})
     payment_id = payment_id_for(key)
-    [request] = await poll(lambda: steps_about(service, payment_id, "PaymentSubmitted"),
-                           lambda found: len(found) == 1, what="the payment at its home")
+    [request] = await poll(
+        lambda: steps_about(service, payment_id, "PaymentSubmitted"),
+        lambda found: len(found) == 1,
+        what="the payment at its home",
+    )
     # Its call runs once the batch that reserved its funds is recorded; an answer read in
     # that same batch would find no payment in flight yet.
     await handled(service, request)
-    await publish_answer(service, PspAnswered(origin=position(request), payment_id=payment_id, home=debtor,
-                                              result="approved", psp_reference="psp-early-1"))
+    await publish_answer(
+        service,
+        PspAnswered(
+            origin=position(request),
+            payment_id=payment_id,
+            home=debtor,
+            result="approved",
+            psp_reference="psp-early-1",
+        ),
+    )
     captured = await outcome(driver, payment_id)
     assert captured["event_type"] == "PaymentCaptured", captured
     assert captured["psp_reference"] == "psp-early-1"
 
     # The call started by the request is still silent; when its budget is spent, it answers.
-    answers = await poll(lambda: steps_about(service, payment_id, "PspAnswered"),
-                         lambda found: len(found) >= 2, timeout_seconds=40, what="the call's own answer")
+    answers = await poll(
+        lambda: steps_about(service, payment_id, "PspAnswered"),
+        lambda found: len(found) >= 2,
+        timeout_seconds=40,
+        what="the call's own answer",
+    )
     assert [record.step.result for record in answers] == ["approved", "gave_up"]
     await handled(service, *answers)
     await quiet(QUIET_AFTER_ANSWER_SECONDS)
@@ -329,8 +373,13 @@ async def test_an_answer_for_an_unknown_payment_is_logged_and_ignored(service: S
     published_before, dead_before = published_about(service, payment_id), dead_letters(service)
     settlement_before = await ledger_balance(service, "settlement:USD")
 
-    stray = PspAnswered(origin=Origin(STEPS, 0, 0), payment_id=payment_id, home="pa-nobody-debtor",
-                        result="approved", psp_reference="psp-stray-1")
+    stray = PspAnswered(
+        origin=Origin(STEPS, 0, 0),
+        payment_id=payment_id,
+        home="pa-nobody-debtor",
+        result="approved",
+        psp_reference="psp-stray-1",
+    )
     landed = await publish_answer(service, stray)
     await handled(service, landed)  # and acknowledged: the partition moves on past it
     await quiet(QUIET_AFTER_ANSWER_SECONDS)

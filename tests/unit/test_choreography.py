@@ -9,18 +9,41 @@ from tests.unit.world import World
 
 
 def open_account(world: World, account_id: str, **extra: Any) -> None:
-    world.command({"type": "OpenAccount", "account_id": account_id, "owner_id": f"owner-{account_id}",
-                   "currency": "USD", **extra})
+    world.command(
+        {
+            "type": "OpenAccount",
+            "account_id": account_id,
+            "owner_id": f"owner-{account_id}",
+            "currency": "USD",
+            **extra,
+        }
+    )
 
 
 def fund(world: World, key: str, account_id: str, amount: int) -> None:
-    world.command({"type": "FundAccount", "idempotency_key": key, "account_id": account_id, "amount": amount,
-                   "currency": "USD"})
+    world.command(
+        {
+            "type": "FundAccount",
+            "idempotency_key": key,
+            "account_id": account_id,
+            "amount": amount,
+            "currency": "USD",
+        }
+    )
 
 
 def pay(world: World, key: str, debtor: str, creditor: str, amount: int, **extra: Any) -> str:
-    world.command({"type": "RequestPayment", "idempotency_key": key, "debtor_account_id": debtor,
-                   "creditor_account_id": creditor, "amount": amount, "currency": "USD", **extra})
+    world.command(
+        {
+            "type": "RequestPayment",
+            "idempotency_key": key,
+            "debtor_account_id": debtor,
+            "creditor_account_id": creditor,
+            "amount": amount,
+            "currency": "USD",
+            **extra,
+        }
+    )
     return payment_id_for(key)
 
 
@@ -57,7 +80,10 @@ def test_a_repeated_payment_answers_with_its_outcome_and_moves_nothing() -> None
     pay(world, "pay-1", "alice", "bob", 2_500)
     world.settle()
     assert [e.event_type for e in world.published if getattr(e, "payment_id", None) == payment_id] == [
-        "PaymentInitiated", "PaymentAuthorized", "PaymentCaptured"]
+        "PaymentInitiated",
+        "PaymentAuthorized",
+        "PaymentCaptured",
+    ]
     assert world.account("alice").posted == 7_500
 
 
@@ -109,7 +135,9 @@ def test_a_refund_moves_the_money_back_and_is_noted() -> None:
     world = funded_world("alice", "bob")
     payment_id = pay(world, "pay-1", "alice", "bob", 2_500)
     world.settle()
-    world.command({"type": "RefundPayment", "idempotency_key": "refund-1", "payment_id": payment_id, "amount": 1_000})
+    world.command(
+        {"type": "RefundPayment", "idempotency_key": "refund-1", "payment_id": payment_id, "amount": 1_000}
+    )
     world.settle()
     record = world.payment(payment_id)
     assert record.status == "partially_refunded" and record.refunded_total == 1_000
@@ -128,12 +156,15 @@ def test_a_refund_of_an_unknown_payment_fails() -> None:
 def test_a_batch_handled_again_after_a_crash_decides_the_same_and_applies_once() -> None:
     world = funded_world("alice", "bob")
     payment_id = pay(world, "pay-1", "alice", "bob", 2_500)
-    home = next(p for p, log in world.logs.items() if len(log) > world.read.get(p, 0)
-                and b"PaymentSubmitted" in log[-1])
+    home = next(
+        p
+        for p, log in world.logs.items()
+        if len(log) > world.read.get(p, 0) and b"PaymentSubmitted" in log[-1]
+    )
     world.handle_partition(home, crash_before_record=True)
     sent = list(world.published)
     world.handle_partition(home)  # the redelivery after the restart
-    assert [e.event_id for e in world.published[len(sent):]] == [e.event_id for e in sent[-1:]]
+    assert [e.event_id for e in world.published[len(sent) :]] == [e.event_id for e in sent[-1:]]
     world.settle()
     assert world.payment(payment_id).status == "captured"
     assert world.account("alice").posted == 7_500 and world.account("bob").posted == 12_500
@@ -142,8 +173,13 @@ def test_a_batch_handled_again_after_a_crash_decides_the_same_and_applies_once()
 def _answer(payment: Any, result: str) -> Any:
     from models.steps import PspAnswered
 
-    return PspAnswered(origin=payment.requested_at, payment_id=payment.payment_id,
-                       home=payment.request.debtor_account_id, result=result, detail="no")
+    return PspAnswered(
+        origin=payment.requested_at,
+        payment_id=payment.payment_id,
+        home=payment.request.debtor_account_id,
+        result=result,
+        detail="no",
+    )
 
 
 def test_a_payment_whose_directory_entry_shares_its_homes_partition_is_found_there() -> None:
@@ -152,7 +188,11 @@ def test_a_payment_whose_directory_entry_shares_its_homes_partition_is_found_the
     from tests.unit.world import partition_of
 
     world = funded_world("alice", "bob")
-    key = next(k for k in (f"pay-{n}" for n in range(1000)) if partition_of(payment_id_for(k)) == partition_of("alice"))
+    key = next(
+        k
+        for k in (f"pay-{n}" for n in range(1000))
+        if partition_of(payment_id_for(k)) == partition_of("alice")
+    )
     payment_id = pay(world, key, "alice", "bob", 10)
     world.settle()
     from tables import owners

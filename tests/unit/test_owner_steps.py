@@ -81,8 +81,14 @@ class DictState:
 
 
 def account(account_id: str, posted: int = 0, **changes: Any) -> Account:
-    fields: dict[str, Any] = {"owner_id": "o", "currency": "USD", "overdraft_limit": 0, "kyc_status": "verified",
-                              "fingerprint": "fp-" + account_id, **changes}
+    fields: dict[str, Any] = {
+        "owner_id": "o",
+        "currency": "USD",
+        "overdraft_limit": 0,
+        "kyc_status": "verified",
+        "fingerprint": "fp-" + account_id,
+        **changes,
+    }
     return Account(account_id=account_id, posted=posted, **fields)
 
 
@@ -97,18 +103,33 @@ def at(offset: int = 100, index: int = 0) -> Origin:
     return Origin("payments.steps", HOME, offset, index)
 
 
-def handle(state: DictState, step: Any, where: Origin | None = None, facts: Facts | None = None,
-           limits: Limits | None = None) -> Effects:
+def handle(
+    state: DictState,
+    step: Any,
+    where: Origin | None = None,
+    facts: Facts | None = None,
+    limits: Limits | None = None,
+) -> Effects:
     effects = Effects()
     owner.handle(state, step, where or at(), facts or Facts(), limits or Limits(), effects)  # type: ignore[arg-type]
     return effects
 
 
-def submitted(amount: int = 1_000, creditor: str = "bob", key: str = "pay-1", offset: int = COMMANDS.offset,
-              **extra: Any) -> PaymentSubmitted:
+def submitted(
+    amount: int = 1_000,
+    creditor: str = "bob",
+    key: str = "pay-1",
+    offset: int = COMMANDS.offset,
+    **extra: Any,
+) -> PaymentSubmitted:
     origin = msgspec.structs.replace(COMMANDS, offset=offset)
-    return PaymentSubmitted(origin=origin, payment_id=payment_id_for(key), fingerprint=f"fp-{key}-{amount}",
-                            request=PaymentRequest(key, "alice", creditor, amount, "USD"), **extra)
+    return PaymentSubmitted(
+        origin=origin,
+        payment_id=payment_id_for(key),
+        fingerprint=f"fp-{key}-{amount}",
+        request=PaymentRequest(key, "alice", creditor, amount, "USD"),
+        **extra,
+    )
 
 
 def published(effects: Effects) -> list[Any]:
@@ -142,10 +163,12 @@ def test_a_payment_holds_the_funds_records_it_in_flight_and_asks_for_its_call() 
     assert effects.calls == [record] and effects.entries == []
 
 
-@pytest.mark.parametrize(("changes", "reason"), [
-    ({"creditor": "alice"}, "same_account"), ({"amount": 10**9}, "risk_rejected")])
-def test_checks_that_need_no_account_fail_at_once_without_initiating(changes: dict[str, Any], reason: str
-                                                                     ) -> None:
+@pytest.mark.parametrize(
+    ("changes", "reason"), [({"creditor": "alice"}, "same_account"), ({"amount": 10**9}, "risk_rejected")]
+)
+def test_checks_that_need_no_account_fail_at_once_without_initiating(
+    changes: dict[str, Any], reason: str
+) -> None:
     state = state_with(account("alice", 5_000), account("bob"))
     effects = handle(state, submitted(**changes))
     [failed] = published(effects)
@@ -159,13 +182,16 @@ def test_exactly_the_risk_maximum_is_accepted() -> None:
     assert state.payments[PAYMENT_ID].psp == "in_flight"
 
 
-@pytest.mark.parametrize(("debtor", "reason"), [
-    (account("alice", 100), "insufficient_funds"),
-    (account("alice", 5_000, kyc_status="pending"), "kyc_blocked"),
-    (account("alice", 5_000, kyc_status="blocked"), "kyc_blocked"),
-    (account("alice", 5_000, currency="EUR"), "currency_mismatch"),
-    (account("alice", 5_000, status="frozen"), "account_not_active"),
-])
+@pytest.mark.parametrize(
+    ("debtor", "reason"),
+    [
+        (account("alice", 100), "insufficient_funds"),
+        (account("alice", 5_000, kyc_status="pending"), "kyc_blocked"),
+        (account("alice", 5_000, kyc_status="blocked"), "kyc_blocked"),
+        (account("alice", 5_000, currency="EUR"), "currency_mismatch"),
+        (account("alice", 5_000, status="frozen"), "account_not_active"),
+    ],
+)
 def test_the_debtor_decides(debtor: Account, reason: str) -> None:
     state = state_with(debtor, account("bob"))
     effects = handle(state, submitted(1_000))
@@ -214,9 +240,15 @@ def test_the_creditors_home_answers_with_its_verdict_and_the_payment_goes_on() -
     home = state_with(account("far-creditor"))
     step = submitted(creditor="far-creditor")
     [(debtor, answer)] = dispatched(handle(home, CheckCreditor(origin=at(7), submitted=step), at(20)))
-    assert debtor == "alice" and answer.creditor_checked and answer.creditor == CreditorFacts(
-        "far-creditor", "USD", "active") and answer.origin == at(20)
-    missing = dispatched(handle(DictState(), CheckCreditor(origin=at(8), submitted=submitted(creditor="nobody"))))
+    assert (
+        debtor == "alice"
+        and answer.creditor_checked
+        and answer.creditor == CreditorFacts("far-creditor", "USD", "active")
+        and answer.origin == at(20)
+    )
+    missing = dispatched(
+        handle(DictState(), CheckCreditor(origin=at(8), submitted=submitted(creditor="nobody")))
+    )
     [(_, refused)] = missing
     assert refused.creditor_checked and refused.creditor is None
     state = state_with(account("alice", 5_000))
@@ -228,7 +260,9 @@ def test_a_repeat_while_in_flight_says_nothing_and_after_the_outcome_answers_wit
     state = in_flight()
     assert handle(state, submitted(1_000), at(200)).outputs == []
     handle(state, answered("declined", detail="no"))
-    [outcome] = published(handle(state, msgspec.structs.replace(submitted(1_000), origin=at(300, 1)), at(301)))
+    [outcome] = published(
+        handle(state, msgspec.structs.replace(submitted(1_000), origin=at(300, 1)), at(301))
+    )
     assert outcome == published_outcome(state)
 
 
@@ -261,8 +295,10 @@ def test_an_approval_posts_the_capture_settles_the_hold_and_credits_the_creditor
     state = in_flight()
     effects = handle(state, answered("approved", psp_reference="ref-1"), at(150))
     [(entry, origin)] = effects.entries
-    assert origin == at(150) and [(p.account_id, p.amount) for p in entry.postings] == [("alice", -1_000),
-                                                                                          ("bob", 1_000)]
+    assert origin == at(150) and [(p.account_id, p.amount) for p in entry.postings] == [
+        ("alice", -1_000),
+        ("bob", 1_000),
+    ]
     assert [m.topic for m in entry.outbox] == ["fintech.events.PaymentCaptured"]
     alice, bob = state.accounts["alice"], state.accounts["bob"]
     assert (alice.posted, alice.holds, bob.posted) == (4_000, {}, 1_000)
@@ -274,16 +310,20 @@ def test_an_approval_posts_the_capture_settles_the_hold_and_credits_the_creditor
 
 def test_an_approval_credits_a_creditor_elsewhere_with_a_step() -> None:
     state = state_with(account("alice", 5_000))
-    handle(state, submitted(creditor="far-creditor"),
-           facts=Facts(creditors={"far-creditor": CreditorFacts("far-creditor", "USD", "active")}))
+    handle(
+        state,
+        submitted(creditor="far-creditor"),
+        facts=Facts(creditors={"far-creditor": CreditorFacts("far-creditor", "USD", "active")}),
+    )
     effects = handle(state, answered("approved", psp_reference="ref-1"), at(150))
     [(key, credit)] = dispatched(effects)
     assert key == "far-creditor" and isinstance(credit, ApplyCredit)
     assert (credit.amount, credit.origin) == (1_000, at(150))
 
 
-@pytest.mark.parametrize(("result", "reason", "void"), [
-    ("declined", "psp_declined", False), ("gave_up", "psp_unavailable", True)])
+@pytest.mark.parametrize(
+    ("result", "reason", "void"), [("declined", "psp_declined", False), ("gave_up", "psp_unavailable", True)]
+)
 def test_a_refusal_releases_the_hold_and_a_give_up_voids(result: str, reason: str, void: bool) -> None:
     state = in_flight()
     effects = handle(state, answered(result, detail="why"))
@@ -292,9 +332,16 @@ def test_a_refusal_releases_the_hold_and_a_give_up_voids(result: str, reason: st
     assert effects.voids == ([PAYMENT_ID] if void else [])
 
 
-@pytest.mark.parametrize(("first", "late", "void"), [
-    ("declined", "approved", True), ("gave_up", "approved", True), ("approved", "approved", False),
-    ("approved", "gave_up", False), ("declined", "gave_up", False)])
+@pytest.mark.parametrize(
+    ("first", "late", "void"),
+    [
+        ("declined", "approved", True),
+        ("gave_up", "approved", True),
+        ("approved", "approved", False),
+        ("approved", "gave_up", False),
+        ("declined", "gave_up", False),
+    ],
+)
 def test_the_first_answer_recorded_wins(first: str, late: str, void: bool) -> None:
     state = in_flight()
     handle(state, answered(first, psp_reference="ref-1"))
@@ -321,8 +368,15 @@ def test_answers_are_not_tracked_by_position() -> None:
 
 
 def opening(**changes: Any) -> OpenAccountOp:
-    fields = {"account_id": "carol", "owner_id": "o", "currency": "USD", "overdraft_limit": 0,
-              "kyc_status": "verified", "fingerprint": "fp-carol", **changes}
+    fields = {
+        "account_id": "carol",
+        "owner_id": "o",
+        "currency": "USD",
+        "overdraft_limit": 0,
+        "kyc_status": "verified",
+        "fingerprint": "fp-carol",
+        **changes,
+    }
     return OpenAccountOp(origin=Origin("fintech.accounts.commands", 0, 1), opening=Opening(**fields))
 
 
@@ -331,7 +385,9 @@ def test_an_account_opens_once_and_a_repeat_answers_again() -> None:
     effects = handle(state, opening())
     assert state.accounts["carol"].posted == 0 and effects.openings == [state.accounts["carol"]]
     [opened] = published(effects)
-    repeat = handle(state, msgspec.structs.replace(opening(), origin=Origin("fintech.accounts.commands", 0, 2)))
+    repeat = handle(
+        state, msgspec.structs.replace(opening(), origin=Origin("fintech.accounts.commands", 0, 2))
+    )
     [again] = published(repeat)
     assert again.event_id == opened.event_id and again.account_id == "carol" and repeat.openings == []
 
@@ -339,14 +395,20 @@ def test_an_account_opens_once_and_a_repeat_answers_again() -> None:
 def test_an_account_opened_again_with_another_payload_is_a_conflict() -> None:
     state = DictState()
     handle(state, opening())
-    again = msgspec.structs.replace(opening(fingerprint="other"), origin=Origin("fintech.accounts.commands", 0, 2))
+    again = msgspec.structs.replace(
+        opening(fingerprint="other"), origin=Origin("fintech.accounts.commands", 0, 2)
+    )
     [rejected] = published(handle(state, again))
     assert rejected.reason == "idempotency_conflict" and state.accounts["carol"].fingerprint == "fp-carol"
 
 
-def funding(amount: int = 500, offset: int = 5, currency: str = "USD", account_id: str = "alice") -> FundAccountOp:
-    return FundAccountOp(origin=Origin("fintech.accounts.commands", 0, offset),
-                         funding=Funding("fund-1", account_id, amount, currency, f"fp-{amount}"))
+def funding(
+    amount: int = 500, offset: int = 5, currency: str = "USD", account_id: str = "alice"
+) -> FundAccountOp:
+    return FundAccountOp(
+        origin=Origin("fintech.accounts.commands", 0, offset),
+        funding=Funding("fund-1", account_id, amount, currency, f"fp-{amount}"),
+    )
 
 
 def test_a_funding_posts_and_credits() -> None:
@@ -357,8 +419,9 @@ def test_a_funding_posts_and_credits() -> None:
     assert state.accounts["alice"].posted == 500
 
 
-@pytest.mark.parametrize(("step", "field"), [(funding(account_id="ghost"), "account_id"),
-                                             (funding(currency="EUR"), "currency")])
+@pytest.mark.parametrize(
+    ("step", "field"), [(funding(account_id="ghost"), "account_id"), (funding(currency="EUR"), "currency")]
+)
 def test_a_funding_that_cannot_apply_is_rejected_naming_the_field(step: FundAccountOp, field: str) -> None:
     state = state_with(account("alice"))
     [rejected] = published(handle(state, step))
@@ -369,7 +432,9 @@ def test_a_funding_that_cannot_apply_is_rejected_naming_the_field(step: FundAcco
 def test_a_funding_the_ledger_has_from_another_command_is_answered_from_the_outbox() -> None:
     state = state_with(account("alice", 500))
     event = owner.funded_event(funding())
-    facts = Facts(fundings={event.transaction_id: StoredEntry("fp-500", Origin("fintech.accounts.commands", 0, 1))})
+    facts = Facts(
+        fundings={event.transaction_id: StoredEntry("fp-500", Origin("fintech.accounts.commands", 0, 1))}
+    )
     effects = handle(state, funding(), facts=facts)
     assert effects.republish == [event.event_id] and effects.entries == []
     assert state.accounts["alice"].posted == 500
@@ -396,8 +461,12 @@ def test_a_funding_key_used_with_another_payload_is_a_conflict() -> None:
 
 def test_a_credit_for_an_unknown_account_raises_to_be_dead_lettered() -> None:
     with pytest.raises(UnknownAccount):
-        handle(DictState(), ApplyCredit(origin=Origin("payments.steps", 5, 1), account_id="ghost",
-                                        transaction_id="t", amount=5))
+        handle(
+            DictState(),
+            ApplyCredit(
+                origin=Origin("payments.steps", 5, 1), account_id="ghost", transaction_id="t", amount=5
+            ),
+        )
 
 
 # --- refunds ------------------------------------------------------------------------------------
@@ -411,13 +480,23 @@ def captured() -> DictState:
 
 
 def refund(amount: int | None = 400, key: str = "refund-1", offset: int = 50) -> RefundSubmitted:
-    return RefundSubmitted(origin=Origin("payments.steps", 6, offset), payment_id=PAYMENT_ID, refund_key=key,
-                           amount=amount, fingerprint=f"fp-{key}-{amount}")
+    return RefundSubmitted(
+        origin=Origin("payments.steps", 6, offset),
+        payment_id=PAYMENT_ID,
+        refund_key=key,
+        amount=amount,
+        fingerprint=f"fp-{key}-{amount}",
+    )
 
 
 def test_a_refund_request_goes_to_the_payments_home_or_fails_as_unknown() -> None:
-    request = RefundRequested(origin=Origin("fintech.payments.commands", 2, 7), payment_id=PAYMENT_ID,
-                              refund_key="r", amount=None, fingerprint="f")
+    request = RefundRequested(
+        origin=Origin("fintech.payments.commands", 2, 7),
+        payment_id=PAYMENT_ID,
+        refund_key="r",
+        amount=None,
+        fingerprint="f",
+    )
     [(home, step)] = dispatched(handle(captured(), request))
     assert home == "alice" and isinstance(step, RefundSubmitted)
     [failed] = published(handle(DictState(), request))
@@ -433,7 +512,9 @@ def test_a_refund_is_noted_pending_and_posted_at_the_creditor() -> None:
     assert record.refund_pending == 400 and record.refundable == 600
 
 
-@pytest.mark.parametrize(("amount", "reason"), [(1_001, "amount_exceeds_refundable"), (0, "amount_exceeds_refundable")])
+@pytest.mark.parametrize(
+    ("amount", "reason"), [(1_001, "amount_exceeds_refundable"), (0, "amount_exceeds_refundable")]
+)
 def test_a_refund_beyond_what_is_refundable_fails(amount: int, reason: str) -> None:
     effects = handle(captured(), refund(amount))
     assert [e.reason for e in published(effects)] == [reason]
@@ -446,8 +527,16 @@ def test_a_refund_of_a_payment_not_captured_fails() -> None:
 
 
 def test_the_creditor_pays_back_at_once_or_refuses_for_lack_of_funds() -> None:
-    post = PostRefund(origin=at(60), payment_id=PAYMENT_ID, refund_id="rid", refund_key="refund-1", amount=400,
-                      debtor_account_id="alice", creditor_account_id="bob", currency="USD")
+    post = PostRefund(
+        origin=at(60),
+        payment_id=PAYMENT_ID,
+        refund_id="rid",
+        refund_key="refund-1",
+        amount=400,
+        debtor_account_id="alice",
+        creditor_account_id="bob",
+        currency="USD",
+    )
     rich = state_with(account("bob", 1_000))
     effects = handle(rich, post, at(61))
     [(entry, _)] = effects.entries
@@ -464,8 +553,13 @@ def test_a_posted_refund_credits_the_debtor_and_completes_the_refund_once() -> N
     state = captured()
     handle(state, refund(1_000))
     event = msgspec.Raw(b'{"event_type":"PaymentRefunded"}')
-    posted = RefundPosted(origin=Origin("payments.steps", 4, 9), payment_id=PAYMENT_ID, refund_key="refund-1",
-                          amount=1_000, event=event)
+    posted = RefundPosted(
+        origin=Origin("payments.steps", 4, 9),
+        payment_id=PAYMENT_ID,
+        refund_key="refund-1",
+        amount=1_000,
+        event=event,
+    )
     handle(state, posted)
     record = state.payments[PAYMENT_ID]
     assert record.status == "refunded" and record.refunded_total == 1_000 and record.refund_pending == 0
@@ -477,12 +571,18 @@ def test_a_posted_refund_credits_the_debtor_and_completes_the_refund_once() -> N
 def test_a_failed_refund_gives_back_its_pending_amount_once() -> None:
     state = captured()
     handle(state, refund(400))
-    failed = RefundStepFailed(origin=Origin("payments.steps", 4, 9), payment_id=PAYMENT_ID, refund_key="refund-1",
-                              refusal=Refusal("insufficient_funds", "short"))
+    failed = RefundStepFailed(
+        origin=Origin("payments.steps", 4, 9),
+        payment_id=PAYMENT_ID,
+        refund_key="refund-1",
+        refusal=Refusal("insufficient_funds", "short"),
+    )
     effects = handle(state, failed)
     assert [e.reason for e in published(effects)] == ["insufficient_funds"]
     assert state.payments[PAYMENT_ID].refund_pending == 0
-    assert handle(state, msgspec.structs.replace(failed, origin=Origin("payments.steps", 4, 10))).outputs == []
+    assert (
+        handle(state, msgspec.structs.replace(failed, origin=Origin("payments.steps", 4, 10))).outputs == []
+    )
 
 
 def test_a_refund_repeated_answers_with_its_outcome_and_another_payload_is_a_conflict() -> None:
@@ -497,5 +597,7 @@ def test_a_refund_repeated_answers_with_its_outcome_and_another_payload_is_a_con
 def test_a_directory_entry_keeps_the_first_home() -> None:
     state = DictState()
     handle(state, RecordHome(origin=COMMANDS, payment_id=PAYMENT_ID, home="alice"))
-    handle(state, RecordHome(origin=Origin("fintech.payments.commands", 2, 1), payment_id=PAYMENT_ID, home="x"))
+    handle(
+        state, RecordHome(origin=Origin("fintech.payments.commands", 2, 1), payment_id=PAYMENT_ID, home="x")
+    )
     assert state.homes[PAYMENT_ID] == "alice"

@@ -16,19 +16,31 @@ from tests.unit.world import World
 ACCOUNTS = ["acct-a", "acct-b", "acct-c", "acct-d", "acct-e"]
 FUNDS = 1_000
 
-payments = st.lists(st.tuples(st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS),
-                              st.integers(min_value=1, max_value=700),
-                              st.sampled_from(["approved", "approved", "declined", "gave_up"])),
-                    min_size=1, max_size=25)
+payments = st.lists(
+    st.tuples(
+        st.sampled_from(ACCOUNTS),
+        st.sampled_from(ACCOUNTS),
+        st.integers(min_value=1, max_value=700),
+        st.sampled_from(["approved", "approved", "declined", "gave_up"]),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 def run(plan: list[tuple[str, str, int, str]], seed: int, overdraft: int) -> tuple[World, list[str]]:
     draw = random.Random(seed)
     answers: dict[str, str] = {}
-    world = World(approve=lambda payment: PspAnswered(
-        origin=payment.requested_at, payment_id=payment.payment_id,  # type: ignore[arg-type]
-        home=payment.request.debtor_account_id, result=answers[payment.payment_id],  # type: ignore[arg-type]
-        psp_reference="ref" if answers[payment.payment_id] == "approved" else None, detail="d"))
+    world = World(
+        approve=lambda payment: PspAnswered(
+            origin=payment.requested_at,
+            payment_id=payment.payment_id,  # type: ignore[arg-type]
+            home=payment.request.debtor_account_id,
+            result=answers[payment.payment_id],  # type: ignore[arg-type]
+            psp_reference="ref" if answers[payment.payment_id] == "approved" else None,
+            detail="d",
+        )
+    )
     for account_id in ACCOUNTS:
         open_account(world, account_id, overdraft_limit=overdraft)
     world.settle()
@@ -47,7 +59,9 @@ def run(plan: list[tuple[str, str, int, str]], seed: int, overdraft: int) -> tup
         if not busy and not world.calls:
             break
         if busy:
-            world.handle_partition(draw.choice(busy), draw.randint(1, 4), crash_before_record=draw.random() < 0.2)
+            world.handle_partition(
+                draw.choice(busy), draw.randint(1, 4), crash_before_record=draw.random() < 0.2
+            )
         if draw.random() < 0.5:
             world.answer_calls()
     world.settle()
@@ -57,7 +71,8 @@ def run(plan: list[tuple[str, str, int, str]], seed: int, overdraft: int) -> tup
 @settings(max_examples=60, deadline=None)
 @given(plan=payments, seed=st.integers(0, 10**6), overdraft=st.sampled_from([0, 300]))
 def test_money_is_never_lost_doubled_or_overdrawn_and_each_payment_ends_once(
-        plan: list[tuple[str, str, int, str]], seed: int, overdraft: int) -> None:
+    plan: list[tuple[str, str, int, str]], seed: int, overdraft: int
+) -> None:
     world, payment_ids = run(plan, seed, overdraft)
     total = 0
     for account_id in ACCOUNTS:
@@ -67,11 +82,14 @@ def test_money_is_never_lost_doubled_or_overdrawn_and_each_payment_ends_once(
         assert account.posted >= -overdraft, account_id
         total += account.posted
     assert total == FUNDS * len(ACCOUNTS)
-    for payment_id, (debtor, creditor, amount, answer) in zip(payment_ids, plan, strict=True):
+    for payment_id, (debtor, creditor, _amount, answer) in zip(payment_ids, plan, strict=True):
         record = world.payment(payment_id)
         assert record is not None and record.decided
-        outcomes = {e.event_type for e in world.published
-                    if getattr(e, "payment_id", None) == payment_id and e.event_type in ("PaymentFailed",)}
+        outcomes = {
+            e.event_type
+            for e in world.published
+            if getattr(e, "payment_id", None) == payment_id and e.event_type in ("PaymentFailed",)
+        }
         captured = any(entry.payment_id == payment_id for entry, _ in world.ledger.values())
         assert (record.status == "captured") == captured
         assert not (captured and outcomes), payment_id  # never both a failure and money moved

@@ -29,8 +29,9 @@ PARTITIONS = {"alice": 3, "carol": 5}  # the debtors' home partitions
 def in_flight(payment_id: str = PAYMENT_ID, simulation: str | None = None, debtor: str = "alice") -> Payment:
     metadata = {"psp_simulation": simulation} if simulation else {}
     request = PaymentRequest("psp-key-1", debtor, "bob", 1_000, "USD", None, metadata)
-    return Payment(payment_id=payment_id, fingerprint="f", request=request, psp="in_flight",
-                   requested_at=REQUESTED_AT)
+    return Payment(
+        payment_id=payment_id, fingerprint="f", request=request, psp="in_flight", requested_at=REQUESTED_AT
+    )
 
 
 @dataclass
@@ -61,11 +62,18 @@ class CountingPsp(SimulatedPsp):
         return await super().capture(request)
 
 
-POLICY = RetryPolicy(attempts_max=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.01,
-                     attempt_timeout_seconds=0.05, budget_seconds=0.2)
+POLICY = RetryPolicy(
+    attempts_max=2,
+    backoff_initial_seconds=0.01,
+    backoff_max_seconds=0.01,
+    attempt_timeout_seconds=0.05,
+    budget_seconds=0.2,
+)
 
 
-def calls_of(psp: CountingPsp | None = None, outlet: FakeOutlet | None = None) -> tuple[Calls, FakeOutlet, Metrics]:
+def calls_of(
+    psp: CountingPsp | None = None, outlet: FakeOutlet | None = None
+) -> tuple[Calls, FakeOutlet, Metrics]:
     metrics = Metrics(CollectorRegistry())
     outlet = outlet or FakeOutlet()
     calls = Calls(psp or CountingPsp(), POLICY, metrics, outlet, PARTITIONS.__getitem__)  # type: ignore[arg-type]
@@ -78,8 +86,11 @@ async def settled(calls: Calls) -> None:
 
 
 def answers(outlet: FakeOutlet) -> list[PspAnswered]:
-    return [output.step for output in outlet.sent
-            if isinstance(output, Dispatch) and isinstance(output.step, PspAnswered)]
+    return [
+        output.step
+        for output in outlet.sent
+        if isinstance(output, Dispatch) and isinstance(output.step, PspAnswered)
+    ]
 
 
 async def test_a_silent_provider_holds_up_nobody_and_its_answer_comes_back_later() -> None:
@@ -91,7 +102,11 @@ async def test_a_silent_provider_holds_up_nobody_and_its_answer_comes_back_later
     await settled(calls)
     [_, gave_up] = answers(outlet)
     assert (gave_up.payment_id, gave_up.result, gave_up.origin, gave_up.home) == (
-        "pay-silent", "gave_up", REQUESTED_AT, "alice")
+        "pay-silent",
+        "gave_up",
+        REQUESTED_AT,
+        "alice",
+    )
     assert calls.in_flight == {}
     assert metrics.psp_requests.labels("error")._value.get() == 1
 
@@ -177,7 +192,8 @@ async def test_a_call_of_a_partition_no_longer_held_is_cancelled_and_a_decided_o
 
 
 async def test_a_failing_void_is_logged_and_a_hanging_one_cut_by_the_attempt_timeout(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class BadVoidPsp(CountingPsp):
         async def void(self, payment_id: str) -> None:
             if payment_id == "pay-hangs":

@@ -15,7 +15,7 @@ def test_defaults_with_an_empty_environment() -> None:
     settings = load_settings({})
     assert (settings.kafka_bootstrap, settings.database_url) == (None, None)
     assert (settings.web_port, settings.partitions, settings.data_dir) == (6066, 8, Path(".data"))
-    assert (settings.risk_max_amount, settings.ledger_batch_size_max) == (100_000_000, 500)
+    assert settings.risk_max_amount == 100_000_000
 
 
 def test_empty_values_mean_the_default() -> None:
@@ -54,7 +54,7 @@ def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyP
         ("PAYMENTS_KAFKA_BOOTSTRAP", "host:port"), ("PAYMENTS_KAFKA_BOOTSTRAP", "a:9092,"),
         ("PAYMENTS_KAFKA_BOOTSTRAP", "a:9092; b:9092"), ("PAYMENTS_KAFKA_BOOTSTRAP", "kafka://a:9092"),
         ("PAYMENTS_DATABASE_URL", "mysql://db/payments"), ("PAYMENTS_DATABASE_URL", "db:5432"),
-        ("PAYMENTS_RISK_MAX_AMOUNT", "0"), ("PAYMENTS_LEDGER_FLUSH_INTERVAL_SECONDS", "soon"),
+        ("PAYMENTS_RISK_MAX_AMOUNT", "0"), ("PAYMENTS_RISK_MAX_AMOUNT", "soon"),
     ],
 )
 def test_malformed_value_raises_naming_the_variable(name: str, value: str) -> None:

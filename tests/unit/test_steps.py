@@ -14,9 +14,9 @@ from models.outputs import Dispatch
 from models.owner import Tracking
 from models.payment import HistoryEntry, Payment, RefundRecord
 from models.steps import (
+    STEPS_PER_MESSAGE_MAX,
     ApplyCredit,
     BadStep,
-    STEPS_PER_MESSAGE_MAX,
     Origin,
     PaymentRequest,
     PspAnswered,
@@ -30,12 +30,17 @@ AT = Origin("payments.steps", 2, 40, 3)
 
 
 def credit(n: int) -> ApplyCredit:
-    return ApplyCredit(origin=Origin("payments.steps", 1, n), account_id=f"acct-{n}", transaction_id=f"t{n}",
-                       amount=n + 1)
+    return ApplyCredit(
+        origin=Origin("payments.steps", 1, n), account_id=f"acct-{n}", transaction_id=f"t{n}", amount=n + 1
+    )
 
 
 def test_a_batch_gives_back_each_step_in_order() -> None:
-    steps = [credit(1), PspAnswered(origin=AT, payment_id="p", home="h", result="declined", detail="no"), credit(2)]
+    steps = [
+        credit(1),
+        PspAnswered(origin=AT, payment_id="p", home="h", result="declined", detail="no"),
+        credit(2),
+    ]
     assert decode_message(encode_batch(steps)) == steps
 
 
@@ -73,16 +78,38 @@ def test_dispatches_go_one_message_per_partition_in_order_split_past_the_maximum
 def test_every_value_of_the_owners_table_reads_back_as_written() -> None:
     now = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
     request = PaymentRequest("k", "alice", "bob", 5, "USD", "a description", {"psp_simulation": "decline"})
-    payment = Payment(payment_id="p1", fingerprint="f", request=request, status="partially_refunded",
-                      reason=None, psp="approved", psp_reference="ref", requested_at=AT,
-                      outcome=msgspec.Raw(b'{"event_type":"PaymentCaptured","amount":5}'),
-                      history=(HistoryEntry("initiated", now), HistoryEntry("captured", now, "d")),
-                      refunds={"r": RefundRecord(refund_id="rid", fingerprint="rf", amount=2, status="refunded",
-                                                 outcome=msgspec.Raw(b'{"x":1}'))},
-                      refunded_total=2)
+    payment = Payment(
+        payment_id="p1",
+        fingerprint="f",
+        request=request,
+        status="partially_refunded",
+        reason=None,
+        psp="approved",
+        psp_reference="ref",
+        requested_at=AT,
+        outcome=msgspec.Raw(b'{"event_type":"PaymentCaptured","amount":5}'),
+        history=(HistoryEntry("initiated", now), HistoryEntry("captured", now, "d")),
+        refunds={
+            "r": RefundRecord(
+                refund_id="rid",
+                fingerprint="rf",
+                amount=2,
+                status="refunded",
+                outcome=msgspec.Raw(b'{"x":1}'),
+            )
+        },
+        refunded_total=2,
+    )
     values = {
-        owners.account_key("alice"): Account(account_id="alice", owner_id="o", currency="USD", overdraft_limit=3,
-                                             kyc_status="verified", posted=-2, holds={"p1": 5}),
+        owners.account_key("alice"): Account(
+            account_id="alice",
+            owner_id="o",
+            currency="USD",
+            overdraft_limit=3,
+            kyc_status="verified",
+            posted=-2,
+            holds={"p1": 5},
+        ),
         owners.payment_key("p1"): payment,
         owners.home_key("p1"): "alice",
         owners.tracking_key(2): Tracking({"payments.steps#1": (40, 3)}),
@@ -90,7 +117,9 @@ def test_every_value_of_the_owners_table_reads_back_as_written() -> None:
     for key, value in values.items():
         back = owners.decode(key, owners.encode(value))
         assert msgspec.json.encode(back) == msgspec.json.encode(value), key
-    assert bytes(owners.decode(owners.payment_key("p1"), owners.encode(payment)).outcome) == bytes(payment.outcome)  # type: ignore[union-attr]
+    assert bytes(owners.decode(owners.payment_key("p1"), owners.encode(payment)).outcome) == bytes(
+        payment.outcome
+    )  # type: ignore[union-attr]
 
 
 def test_a_payment_in_flight_carries_the_mark_the_recovery_scan_looks_for() -> None:
@@ -99,5 +128,6 @@ def test_a_payment_in_flight_carries_the_mark_the_recovery_scan_looks_for() -> N
     request = PaymentRequest("k", "alice", "bob", 5, "USD")
     stored = owners.encode(Payment(payment_id="p", fingerprint="f", request=request, psp="in_flight"))
     assert IN_FLIGHT_MARK in stored
-    assert IN_FLIGHT_MARK not in owners.encode(Payment(payment_id="p", fingerprint="f", request=request,
-                                                       psp="approved"))
+    assert IN_FLIGHT_MARK not in owners.encode(
+        Payment(payment_id="p", fingerprint="f", request=request, psp="approved")
+    )
