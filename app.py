@@ -40,7 +40,7 @@ MESSAGE_SIZE_MAX_BYTES = 16 * 1024 * 1024
 # A batch's state changes of one partition go in one record batch (tables/state.py).
 RECORD_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # The parts of a worker that send, each with a producer of its own (infra/producer.py).
-PARTS = ("intake", "owner", "answers", "relay", "web")
+PARTS = ("owner", "answers", "relay", "web")
 
 
 @dataclass
@@ -104,20 +104,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     owners: StateTable[owners_table.Value] = StateTable(app, "owners", partitions, owners_table.decode,
                                                         producers.of("owner"))
     keys: StateTable[KeyUse] = StateTable(app, "idempotency_keys", partitions, decode_key_use,
-                                          producers.of("intake"))
+                                          producers.of("owner"))
     psp = build_psp(settings.psp_url)
     calls = Calls(psp, RetryPolicy(), metrics, outlet("answers"), partition_of)
     owner = Owner(owners, ledger, calls, metrics, Limits(settings.risk_max_amount), partition_of)
     intake = Intake(keys, metrics)
 
-    async def take_commands(stream: faust.StreamT) -> None:
-        await loop.run("intake", stream, intake, outlet("intake"), keys, metrics)
+    handlers = loop.Topics({PAYMENT_COMMANDS: intake, ACCOUNT_COMMANDS: intake, STEPS: owner})
 
-    async def own_steps(stream: faust.StreamT) -> None:
-        await loop.run("owner", stream, owner, outlet("owner"), owners, metrics)
+    async def own(stream: faust.StreamT) -> None:
+        await loop.run("owner", stream, handlers, outlet("owner"), metrics)
 
-    loop.install(app, "intake", [PAYMENT_COMMANDS, ACCOUNT_COMMANDS], take_commands)
-    loop.install(app, "owner", [STEPS], own_steps)
+    loop.install(app, "owner", list(handlers.handlers), own)
     _install_calls(app, calls, owners)
     relay.install(app, database_url, outlet("relay"), ledger, metrics)
     monitor.install(app, metrics, owners)

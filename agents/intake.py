@@ -48,7 +48,7 @@ class Intake:
         return [value]  # one command per message
 
     async def take(self, deliveries: list[Delivery[bytes | None]]) -> Done:
-        done = Done()
+        done = Done(self.keys)
         registered: dict[bytes, KeyUse] = {}  # this batch's first uses, before they are recorded
         for delivery in deliveries:
             payments = delivery.at.topic == PAYMENT_COMMANDS

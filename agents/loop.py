@@ -1,12 +1,16 @@
-"""The one crash-safety protocol every agent runs: decide, send and confirm, record and confirm, ack.
+"""The one crash-safety protocol of the worker's loop: decide, send and confirm, record and confirm, ack.
 
-The order is the point. An agent takes a batch, decides (the owner also commits its
+One loop per worker reads the commands and the steps topic together (`Topics` hands
+each record to the handler of its topic: intake for commands, the owner for steps), so
+every batch pays each broker round trip once, whatever it holds.
+
+The order is the point. The loop takes a batch, decides (the owner also commits its
 journal entries to PostgreSQL), sends what the decisions say and waits until the broker
-has acknowledged every message, then records its table state and waits for the
-changelog, and only then lets Faust ack the batch (by asking for the next one). A crash
+has acknowledged every message, then records the tables' state and waits for the
+changelogs, and only then lets Faust ack the batch (by asking for the next one). A crash
 at any moment leaves either nothing, or outputs whose receivers recognise a repeat by
 its origin: never a recorded state whose messages were lost. Only after the state is
-recorded does an agent act outside Kafka and PostgreSQL (a provider call, a void).
+recorded does a handler act outside Kafka and PostgreSQL (a provider call, a void).
 
 A message arrives as a batch of records (infra/kafka_transport.py, batch delivery); a
 record of the steps topic holds several steps. `unpack` gives each its position.
@@ -58,20 +62,22 @@ def records_of(events: Sequence[faust.EventT]) -> list[ConsumerRecord]:
     return [record for event in events for record in event.message.records]
 
 
-def unpack(events: Sequence[faust.EventT], split: Callable[[bytes | None], list[ItemT]]
+def unpack(events: Sequence[faust.EventT], split: Callable[[str, bytes | None], list[ItemT]]
            ) -> list[Delivery[ItemT]]:
-    """The items of a batch, in order, each with its position."""
+    """The items of a batch, in order, each with its position (`split` reads a record of a
+    topic into its items)."""
     found = []
     for record in records_of(events):
-        for index, item in enumerate(split(record.value)):
+        for index, item in enumerate(split(record.topic, record.value)):
             found.append(Delivery(Origin(record.topic, record.partition, record.offset, index), record, item))
     return found
 
 
 @dataclass
 class Done:
-    """What a handler made of a batch: to send, then to record, then to do."""
+    """What a handler made of a batch: to send, then to record (in `table`), then to do."""
 
+    table: StateTable[Any]
     outputs: list[Sendable] = field(default_factory=list)
     changes: Changes = field(default_factory=dict)
     parsed: dict[bytes, Any] = field(default_factory=dict)
@@ -84,25 +90,44 @@ class Handler(Protocol[ItemT]):
     async def take(self, deliveries: list[Delivery[ItemT]]) -> Done: ...
 
 
-async def run(name: str, stream: faust.StreamT, handler: Handler[Any], outlet: Outlet,
-              table: StateTable[Any], metrics: Metrics) -> None:
+@dataclass
+class Topics:
+    """Several handlers in one loop, each for the topics it reads: one batch, one send and
+    one record for all of them, where a loop each paid every broker round trip twice."""
+
+    handlers: dict[str, Handler[Any]]
+
+    def split(self, topic: str, value: bytes | None) -> list[Any]:
+        return self.handlers[topic].split(value)
+
+    async def take(self, deliveries: list[Delivery[Any]]) -> list[Done]:
+        by_handler: dict[int, tuple[Handler[Any], list[Delivery[Any]]]] = {}
+        for delivery in deliveries:
+            handler = self.handlers[delivery.at.topic]
+            by_handler.setdefault(id(handler), (handler, []))[1].append(delivery)
+        return [await handler.take(mine) for handler, mine in by_handler.values()]
+
+
+async def run(name: str, stream: faust.StreamT, handlers: Topics, outlet: Outlet, metrics: Metrics) -> None:
     phase = functools.partial(metrics.batch_phase.labels, name)
     size = metrics.batch_size.labels(name)
     async for events in stream.take_events(BATCH_EVENTS_MAX, BATCH_WITHIN_SECONDS):
         started = time.perf_counter()
-        deliveries = unpack(events, handler.split)
+        deliveries = unpack(events, handlers.split)
         size.observe(len(deliveries))
-        done = await handler.take(deliveries)
-        table.apply(done.changes, done.parsed)
+        dones = await handlers.take(deliveries)
+        for done in dones:
+            done.table.apply(done.changes, done.parsed)
         decided = time.perf_counter()
-        await outlet.send(done.outputs)
+        await outlet.send([output for done in dones for output in done.outputs])
         crash_point(f"{name}.after_send")
         sent = time.perf_counter()
-        await table.record(done.changes)
+        await asyncio.gather(*(done.table.record(done.changes) for done in dones))
         crash_point(f"{name}.after_record")
         recorded = time.perf_counter()
-        if done.after is not None:
-            await done.after()
+        for done in dones:
+            if done.after is not None:
+                await done.after()
         phase("decide").observe(decided - started)
         phase("send").observe(sent - decided)
         phase("record").observe(recorded - sent)

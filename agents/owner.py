@@ -156,7 +156,7 @@ class Owner:
         async def after() -> None:
             await self.after(view, effects)
 
-        return Done(outputs=outputs, changes=changes, parsed=parsed, after=after)
+        return Done(self.table, outputs=outputs, changes=changes, parsed=parsed, after=after)
 
     async def prepare(self, deliveries: list[Delivery[Item]]) -> Facts:
         """The facts from outside the decisions need (models/owner.py, Determinism)."""

@@ -13,11 +13,9 @@ CRASH_ENV = "PAYMENTS_CRASH_AT"
 CRASH_EXIT_CODE = 137
 
 POINTS = frozenset({
-    "intake.after_send",       # hand-overs acknowledged, key registry not written
-    "intake.after_record",     # registry written, batch not acked
     "owner.after_commit",      # journal entries committed in PostgreSQL, nothing sent
-    "owner.after_send",        # outputs (outbox rows included) acknowledged, state not written
-    "owner.after_record",      # state written, batch not acked, calls not started
+    "owner.after_send",        # outputs (hand-overs, outbox rows) acknowledged, no state written
+    "owner.after_record",      # state (key registry, owners' table) written, batch not acked
     "psp.after_capture",       # a background call has the PSP's answer, nothing sent yet
     "relay.after_publish",     # outbox rows published by the relay, not yet marked
 })
