@@ -59,6 +59,8 @@ def main() -> None:
         topic_disable_leader=True, topic_allow_declare=False, web_enabled=False,
         consumer_auto_offset_reset="earliest", datadir=os.environ["FLOOR_DATADIR"],
         producer_max_batch_size=1024 * 1024,
+        # As the service's app (app.py): with Faust's 60 s, joining the group takes ~30 s here.
+        broker_session_timeout=10.0, broker_heartbeat_interval=1.0,
     )
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
     if service:

@@ -1,14 +1,16 @@
 """`payments bench`: the service against the classic row-lock design, in one run on one PostgreSQL.
 
 Starts the embedded broker and PostgreSQL unless they are configured, then measures, in
-order: the ledger writer alone; the classic design at its best client count, on each
-workload; the service on each workload, throughput then latency at half that throughput,
-with one `payments worker`, then again with more (`worker_counts`: workers join the
-running ones), the best count per workload reported as the classic design's best client
-count is. Prints the figures, writes them as JSON (and a PNG plot when
-matplotlib is installed). Exits 0 when every measurement is valid (every payment reached
-its outcome, none failed, the classic design raised no error), whether or not the
-targets are met; the table and the JSON say which are.
+order: the floor (bare Faust agents on this broker, bench/floor.py); the ledger writer
+alone; the classic design at its best client count, on each workload; the service on
+each workload - latency at fixed rates (20/s, 200/s), throughput (with CPU per payment by
+process and records per payment by topic), latency at half that throughput - with one
+`payments worker`, then again with more (`worker_counts`: workers join the running
+ones), the best count per workload reported as the classic design's best client count
+is. Prints the figures, writes them as JSON and a PNG plot (throughput, latency and the
+worker's memory over the run). Exits 0 when every measurement is valid (every payment
+reached its outcome, none failed, the classic design raised no error), whether or not
+the targets are met; the table and the JSON say which are.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import WORKLOADS, account_ids, check_worker_counts, classic, report, transfers
+from bench.floor import MESSAGES as FLOOR_MESSAGES
+from bench.floor import measure_floor
 from bench.ledger_writer import BATCH_SIZES, measure_ledger_writer
-from bench.service import Outcomes, ServiceBench, WorkerProbe
+from bench.service import Outcomes, ServiceBench, WorkerProbe, listener
 from infra.database import create_database, drop_database
 from infra.driver import OUTCOME_TOPICS, ServiceDriver
 from infra.embedded import infrastructure
@@ -56,12 +60,19 @@ class Sizes:
     classic_seconds_per_trial: float
     warmup_payments: int
     latency_seconds: float
+    fixed_rates: tuple[float, ...]  # payments/s, measured before each workload's throughput
+    floor_messages: int
 
     @classmethod
     def of(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(0.2, 1, (1, 4), 0.5, 10, 2.0)
-        return cls(2.5, 3, classic.CLIENT_COUNTS, 2.5, 200, 30.0)
+            return cls(0.2, 1, (1, 4), 0.5, 10, 2.0, (20.0,), 2_000)
+        return cls(2.5, 3, classic.CLIENT_COUNTS, 2.5, 200, 30.0, (20.0, 200.0), FLOOR_MESSAGES)
+
+
+# The bare hops measured for the floor: (mode, messages produced per message consumed).
+# On uvloop, as the worker runs (cli/worker.py).
+FLOOR_RUNS = (("faust", 0), ("faust", 6), ("service", 0), ("service", 6))
 
 
 def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | None = None,
@@ -81,19 +92,21 @@ def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | 
     embedded = infrastructure(settings, workdir, say=console.print, discard_database=True)
     with embedded as (bootstrap, server_url), Progress(*columns, console=console) as progress:
         try:
+            results["floor"] = _floor(bootstrap, sizes, progress, workdir)
             results["ledger_writer"] = asyncio.run(_ledger_writer(server_url, sizes, progress, databases))
             results["classic"] = asyncio.run(_classic(server_url, sizes, progress, databases, results["run"]))
             databases.append(asyncio.run(_prepare_service(bootstrap, server_url, settings.partitions)))
             workers = Workers(bootstrap, databases[-1], workdir, settings.partitions, progress.console.print)
             try:
                 results["service"] = asyncio.run(
-                    _service(bootstrap, workers, worker_counts, payments, sizes, progress))
+                    _service(bootstrap, databases[-1], workers, worker_counts, payments, sizes, progress))
             finally:
                 workers.stop()
         finally:
             if settings.database_url:  # an embedded server is removed whole when it stops
                 asyncio.run(_drop(server_url, databases))
     results["ratio"] = {w: _ratio(results, w) for w in WORKLOADS}
+    results["floor_share"] = report.floor_share(results)
     results["targets"] = report.targets(results)
     results["run"]["seconds"] = round(time.monotonic() - started, 1)
     report.print_tables(console, results)
@@ -115,6 +128,19 @@ def _run_facts(settings: Settings, payments: int, quick: bool) -> dict[str, Any]
         "cpus": os.cpu_count(), "python": platform.python_version(), "partitions": settings.partitions,
         "infrastructure": broker if broker == postgres else f"{broker} broker, {postgres} PostgreSQL",
     }
+
+
+def _floor(bootstrap: str, sizes: Sizes, progress: Progress, workdir: Path) -> list[dict[str, Any]]:
+    """The bare hop's cost on this broker, first, while the broker holds nothing else."""
+    task = progress.add_task("floor: bare agents", total=len(FLOOR_RUNS))
+    broker_pid = listener(bootstrap)
+    runs = []
+    for mode, produce in FLOOR_RUNS:
+        run = measure_floor(bootstrap, mode=mode, produce_per_message=produce, uvloop=True,
+                            messages=sizes.floor_messages, broker_pid=broker_pid, workdir=workdir)
+        runs.append(run.summary())
+        progress.advance(task)
+    return runs
 
 
 async def _ledger_writer(
@@ -183,16 +209,19 @@ async def _prepare_service(bootstrap: str, server_url: str, partitions: int) -> 
 
 
 async def _service(
-    bootstrap: str, workers: Workers, worker_counts: Sequence[int], payments: int, sizes: Sizes,
-    progress: Progress
+    bootstrap: str, database_url: str, workers: Workers, worker_counts: Sequence[int], payments: int,
+    sizes: Sizes, progress: Progress
 ) -> dict[str, Any]:
-    """Per worker count (workers join the running ones): warm-up, then each workload's
-    throughput and latency. The best count per workload is reported, every count in `trials`."""
+    """Per worker count (workers join the running ones): warm-up, then per workload the
+    latency at the fixed rates (first count only), the throughput, and the latency at half
+    of it. The best count per workload is reported, every count in `trials`."""
     await asyncio.to_thread(workers.grow_to, worker_counts[0])
     driver = await ServiceDriver(bootstrap, topics=BENCH_TOPICS).start()
-    outcomes, probe = Outcomes(driver), WorkerProbe(workers.pids)
+    servers = {"broker": listener(bootstrap), "postgres": listener(database_url)}
+    outcomes, probe = Outcomes(driver), WorkerProbe(workers.pids, servers)
     run_id = uuid.uuid4().hex[:8]
-    bench = ServiceBench(driver, outcomes, progress, run_id)
+    topics = [spec.name for spec in service_topics(workers.partitions)]
+    bench = ServiceBench(driver, outcomes, progress, run_id, topics)
     accounts = account_ids(f"bench-{run_id}")
     trials: list[dict[str, Any]] = []
     try:
@@ -209,17 +238,24 @@ async def _service(
                 for seed, workload in enumerate(WORKLOADS, start=1):
                     stream = transfers(workload, accounts, seed=seed)
                     label = f"{count} worker(s), {workload}"
+                    fixed = [] if trials else [
+                        (await bench.latency(workload, stream, rate, sizes.latency_seconds, probe)).summary()
+                        for rate in sizes.fixed_rates]
                     throughput = await bench.throughput(workload, stream, payments, probe,
                                                         label=f"{label}: throughput")
                     rate = max(throughput.payments_per_second / 2, 1.0)
-                    latency = await bench.latency(workload, stream, rate, sizes.latency_seconds)
-                    trial[workload] = {"throughput": throughput.summary(), "latency": latency.summary()}
+                    latency = await bench.latency(workload, stream, rate, sizes.latency_seconds, probe)
+                    trial[workload] = {"throughput": throughput.summary(), "latency": latency.summary(),
+                                       "latency_at_fixed_rates": fixed}
                 trials.append(trial)
             rss_last = probe.rss_bytes()
     finally:
         await driver.stop()
     found: dict[str, Any] = {workload: _best(trials, workload) for workload in WORKLOADS}
     found["trials"] = trials
+    found["latency_at_fixed_rates"] = {workload: trials[0][workload]["latency_at_fixed_rates"]
+                                       for workload in WORKLOADS}
+    found["timeline"] = _timeline(outcomes, probe.started)
     found["worker"] = {
         "pid": probe.pid, "peak_rss_bytes": probe.peak_rss_bytes(), "rss_first_bytes": rss_first,
         "rss_last_bytes": rss_last, "payments_total": len(outcomes.by_payment),
@@ -227,6 +263,15 @@ async def _service(
         "rss_samples": [[round(t, 2), rss, count] for t, rss, count in probe.samples],
     }
     return found
+
+
+def _timeline(outcomes: Outcomes, epoch: float) -> list[list[int]]:
+    """Outcomes consumed per second of the service part: [second, outcomes]."""
+    per_second: dict[int, int] = {}
+    for outcome in outcomes.by_payment.values():
+        second = int(outcome.seen_at - epoch)
+        per_second[second] = per_second.get(second, 0) + 1
+    return [[second, per_second.get(second, 0)] for second in range(max(per_second, default=-1) + 1)]
 
 
 def _best(trials: list[dict[str, Any]], workload: str) -> dict[str, Any]:
@@ -250,8 +295,10 @@ def _invalid(results: dict[str, Any]) -> list[str]:
     problems = []
     for workload in WORKLOADS:
         for trial in results["service"]["trials"]:
-            for phase in ("throughput", "latency"):
-                figures = trial[workload][phase]
+            runs = [("throughput", trial[workload]["throughput"]), ("latency", trial[workload]["latency"])]
+            runs += [(f"latency at {run['target_rate']:,.0f}/s", run)
+                     for run in trial[workload]["latency_at_fixed_rates"]]
+            for phase, figures in runs:
                 if figures["missing"] or figures["failed"]:
                     problems.append(f"service {workload} {phase}, {trial['workers']} worker(s): "
                                     f"{figures['missing']} payments without an outcome, "

@@ -18,12 +18,15 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.progress import Progress, TaskID
 
 from bench import Transfer, percentile
 from infra.driver import ServiceDriver
+from infra.kafka_transport import true_end_offsets
 from models.payment import payment_id_for
 
 FUNDING_PER_ACCOUNT = 10**12  # minor units: no benchmark payment may fail for lack of funds
@@ -56,13 +59,27 @@ class Outcomes:
             self._positions[event_type] = len(received)
 
 
+def listener(address: str) -> int | None:
+    """The pid of the process on this machine listening on `host:port`, None when there is
+    none (a server elsewhere): its CPU is then not counted."""
+    port = int(address.rsplit(":", 1)[1]) if "://" not in address else (urlsplit(address).port or 5432)
+    with contextlib.suppress(psutil.Error):
+        for connection in psutil.net_connections("tcp"):
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+                return connection.pid
+    return None
+
+
 @dataclass
 class WorkerProbe:
-    """CPU of the worker processes, and memory of the first (it runs for the whole bench),
-    from /proc via psutil."""
+    """CPU of the worker processes and of the servers they use (the broker, PostgreSQL and
+    its backends, when they run on this machine), and memory of the first worker (it runs
+    for the whole bench), from /proc via psutil."""
 
     pids: list[int]
+    servers: dict[str, int | None] = field(default_factory=dict)  # name -> pid of the listener
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, rss bytes, outcomes)
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -76,6 +93,15 @@ class WorkerProbe:
     def cpu_seconds(self) -> float:
         """User + system seconds of every worker (and any children)."""
         return sum(sum(p.cpu_times()[:2]) for pid in self.pids for p in self._processes(pid))
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far: "worker" (every worker) and each server found on this machine."""
+        found = {"worker": self.cpu_seconds()}
+        for name, pid in self.servers.items():
+            if pid is not None:
+                with contextlib.suppress(psutil.Error):  # a backend that ended while it was read
+                    found[name] = sum(sum(p.cpu_times()[:2]) for p in self._processes(pid))
+        return found
 
     def rss_bytes(self) -> int:
         return sum(p.memory_info().rss for p in self._processes(self.pid))
@@ -99,12 +125,12 @@ class WorkerProbe:
 
     @contextlib.asynccontextmanager
     async def sampling(self, outcomes: Outcomes, interval_seconds: float = 0.5) -> AsyncIterator[None]:
-        started = time.monotonic()
+        self.started = time.monotonic()
 
         async def sample() -> None:
             while True:
                 with contextlib.suppress(psutil.Error):
-                    self.samples.append((time.monotonic() - started, self.rss_bytes(),
+                    self.samples.append((time.monotonic() - self.started, self.rss_bytes(),
                                          len(outcomes.by_payment)))
                 await asyncio.sleep(interval_seconds)
 
@@ -124,7 +150,8 @@ class ThroughputRun:
     seconds: float
     captured: int
     failed: int
-    worker_cpu_seconds: float
+    cpu_seconds: dict[str, float]  # by process: worker, broker, postgres (those on this machine)
+    records: dict[str, int]  # written to each topic during the run
 
     @property
     def missing(self) -> int:
@@ -134,15 +161,35 @@ class ThroughputRun:
     def payments_per_second(self) -> float:
         return (self.captured + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
-    def summary(self) -> dict[str, float | int | str]:
+    def summary(self) -> dict[str, Any]:
         done = max(self.captured + self.failed, 1)
         return {
             "workload": self.workload, "payments": self.payments, "seconds": round(self.seconds, 3),
             "payments_per_second": round(self.payments_per_second, 1), "captured": self.captured,
             "failed": self.failed, "missing": self.missing,
-            "worker_cpu_seconds": round(self.worker_cpu_seconds, 3),
-            "worker_cpu_ms_per_payment": round(self.worker_cpu_seconds / done * 1000, 3),
+            "worker_cpu_seconds": round(self.cpu_seconds["worker"], 3),
+            "worker_cpu_ms_per_payment": round(self.cpu_seconds["worker"] / done * 1000, 3),
+            "cpu_us_per_payment": {name: round(seconds / done * 1e6, 1)
+                                   for name, seconds in self.cpu_seconds.items()},
+            "records_per_payment": {topic: round(count / done, 3)
+                                    for topic, count in sorted(self.records.items()) if count},
+            "records_per_payment_total": round(sum(self.records.values()) / done, 3),
         }
+
+
+async def records_written(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """Records in each topic so far: its partitions' end offsets (the broker's reported ones
+    corrected as table recovery corrects them, infra/kafka_transport.py)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, partition) for topic in topics
+                      for partition in sorted(consumer.partitions_for_topic(topic) or ())]
+        reported = await consumer.end_offsets(partitions) if partitions else {}
+    finally:
+        await consumer.stop()
+    ends = await true_end_offsets(bootstrap, {tp: end for tp, end in reported.items() if end})
+    return {topic: sum(end for tp, end in ends.items() if tp.topic == topic) for topic in topics}
 
 
 @dataclass
@@ -153,6 +200,8 @@ class LatencyRun:
     send_seconds: float
     failed: int
     samples: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (sent after, latency) s
+    started_s: float = 0.0  # into the bench's service part (its memory samples' clock)
+    history_payments: int = 0  # payments the broker's topics already held when it started
 
     WINDOWS = 10
 
@@ -171,7 +220,8 @@ class LatencyRun:
             "achieved_send_rate": round(self.payments / self.send_seconds, 1) if self.send_seconds else 0.0,
             "payments": self.payments, "failed": self.failed, "missing": self.missing,
             "p50_ms": ms(latencies, 0.50), "p99_ms": ms(latencies, 0.99), "p999_ms": ms(latencies, 0.999),
-            "max_ms": ms(latencies, 1.0),
+            "max_ms": ms(latencies, 1.0), "started_s": round(self.started_s, 1),
+            "history_payments": self.history_payments,
             # Stable at this rate when the later windows look like the first ones.
             "windows": [{"sent_from_s": round(start, 1), "payments": len(values), "p50_ms": ms(values, 0.5),
                          "p99_ms": ms(values, 0.99)} for start, values in self._windows()],
@@ -191,6 +241,7 @@ class ServiceBench:
     outcomes: Outcomes
     progress: Progress
     run_id: str
+    topics: Sequence[str] = ()  # whose records are counted in a throughput run
     _sent: int = 0
 
     def _key(self, phase: str) -> str:
@@ -220,26 +271,34 @@ class ServiceBench:
 
     async def throughput(self, workload: str, stream: Iterator[Transfer], payments: int,
                          probe: WorkerProbe, *, label: str | None = None) -> ThroughputRun:
-        """P payments published back to back; first publish -> last outcome consumed."""
+        """P payments published back to back; first publish -> last outcome consumed, with
+        the CPU of each process and the records written to each topic over that span."""
         task = self.progress.add_task(label or f"{workload}: throughput", total=payments)
         keys = [self._key(f"{workload}-max") for _ in range(payments)]
-        cpu_before = probe.cpu_seconds()
+        records_before = await records_written(self.driver.bootstrap, self.topics)
+        cpu_before = probe.cpu_by_process()
         started = time.monotonic()
         for key in keys:
             await self._send(key, next(stream))
         await self.driver.flush()
         found = await self._await_outcomes([payment_id_for(key) for key in keys], task)
-        cpu = probe.cpu_seconds() - cpu_before
+        cpu_after = probe.cpu_by_process()
+        cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before}
+        records_after = await records_written(self.driver.bootstrap, self.topics)
+        records = {topic: records_after[topic] - records_before[topic] for topic in self.topics}
         finished = max((outcome.seen_at for outcome in found), default=started)
         failed = sum(outcome.event_type == "PaymentFailed" for outcome in found)
-        return ThroughputRun(workload, payments, finished - started, len(found) - failed, failed, cpu)
+        return ThroughputRun(workload, payments, finished - started, len(found) - failed, failed,
+                             cpu, records)
 
     async def latency(self, workload: str, stream: Iterator[Transfer], rate: float,
-                      seconds: float) -> LatencyRun:
+                      seconds: float, probe: WorkerProbe) -> LatencyRun:
         """Open loop at `rate` payments/s for `seconds`: payment i is published at start + i/rate."""
         payments = max(1, int(rate * seconds))
         task = self.progress.add_task(f"{workload}: latency at {rate:,.0f}/s", total=payments)
         sent_at: dict[str, float] = {}
+        self.outcomes.update()
+        history = len(self.outcomes.by_payment)
         started = time.monotonic()
         for number in range(payments):
             delay = started + number / rate - time.monotonic()
@@ -257,7 +316,8 @@ class ServiceBench:
         arrived = {p: self.outcomes.by_payment[p] for p in sent_at if p in self.outcomes.by_payment}
         samples = [(sent_at[p] - started, outcome.seen_at - sent_at[p]) for p, outcome in arrived.items()]
         failed = sum(outcome.event_type == "PaymentFailed" for outcome in arrived.values())
-        return LatencyRun(workload, rate, payments, send_seconds, failed, samples)
+        return LatencyRun(workload, rate, payments, send_seconds, failed, samples,
+                          started - probe.started, history)
 
     async def _await_outcomes(self, payment_ids: Sequence[str], task: TaskID) -> list[Outcome]:
         """Wait until every payment has its outcome, or none arrived for STALL_SECONDS."""
