@@ -252,21 +252,23 @@ class ServiceBench:
         await self.driver.pay(key, transfer.debtor, transfer.creditor, transfer.amount,
                               description="bench payment")
 
-    async def open_accounts(self, accounts: Sequence[str]) -> None:
+    async def open_accounts(self, driver: ServiceDriver, accounts: Sequence[str]) -> None:
+        """With a driver of its own that follows the accounts' answers (the payments' driver
+        follows the outcomes only)."""
         task = self.progress.add_task("open and fund accounts", total=2 * len(accounts))
 
         def all_have(event_type: str) -> bool:
-            return set(accounts) <= {body["account_id"] for body in self.driver.of(event_type)}
+            return set(accounts) <= {body["account_id"] for body in driver.of(event_type)}
 
         for account_id in accounts:
-            await self.driver.open_account(account_id, "USD")
-        await self.driver.flush()
-        await self.driver.wait_for(lambda: all_have("AccountOpened"), what="accounts opened")
+            await driver.open_account(account_id, "USD")
+        await driver.flush()
+        await driver.wait_for(lambda: all_have("AccountOpened"), what="accounts opened")
         self.progress.update(task, completed=len(accounts))
         for account_id in accounts:
-            await self.driver.fund(f"bench-{self.run_id}-fund-{account_id}", account_id, FUNDING_PER_ACCOUNT)
-        await self.driver.flush()
-        await self.driver.wait_for(lambda: all_have("AccountFunded"), what="accounts funded")
+            await driver.fund(f"bench-{self.run_id}-fund-{account_id}", account_id, FUNDING_PER_ACCOUNT)
+        await driver.flush()
+        await driver.wait_for(lambda: all_have("AccountFunded"), what="accounts funded")
         self.progress.update(task, completed=2 * len(accounts))
 
     async def throughput(self, workload: str, stream: Iterator[Transfer], payments: int,
