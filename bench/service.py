@@ -180,6 +180,8 @@ class ThroughputRun:
 async def records_written(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
     """Records in each topic so far: its partitions' end offsets (the broker's reported ones
     corrected as table recovery corrects them, infra/kafka_transport.py)."""
+    if not topics:
+        return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:

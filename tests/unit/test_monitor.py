@@ -106,3 +106,28 @@ async def test_an_idle_partition_is_left_alone() -> None:
     consumer = StandInConsumer(committed=80, fetched=80, unacked=[Delivered(TP_0, acked=True)])
     await look(consumer, end=80, at=[0.0, STALL_SECONDS * 10])
     assert consumer.sought == [] and consumer.resumed == []
+
+
+async def test_the_heap_is_collected_only_when_a_stalled_partition_seems_busy() -> None:
+    collections: list[int] = []
+
+    def collect() -> None:
+        collections.append(1)
+
+    idle = StandInConsumer(committed=102, fetched=105)  # stalled, nothing in hand: no collection needed
+    progress = Progress()
+    for now in (0.0, STALL_SECONDS):
+        await watch_partition(idle, TP_0, 105, now, progress, collect)  # type: ignore[arg-type]
+    progress = Progress()
+    busy = StandInConsumer(committed=102, fetched=105, unacked=[Delivered(TP_0)])
+    for now in (0.0, STALL_SECONDS):
+        await watch_partition(busy, TP_0, 105, now, progress, collect)  # type: ignore[arg-type]
+    assert idle.sought == [(TP_0, 102)] and len(collections) == 1 and busy.sought == []
+
+
+async def test_a_message_only_dropped_garbage_held_is_collected_and_the_partition_repaired() -> None:
+    consumer = StandInConsumer(committed=102, fetched=105, unacked=[Delivered(TP_0)])
+    progress = Progress()
+    for now in (0.0, STALL_SECONDS):
+        await watch_partition(consumer, TP_0, 105, now, progress, consumer.unacked.clear)  # type: ignore[arg-type]
+    assert consumer.sought == [(TP_0, 102)]
