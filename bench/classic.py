@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from bench import Transfer, percentile
-from infra.database import create_database
+from harness.database import create_database
 
 CLIENT_COUNTS = (1, 2, 4, 8, 16, 32)
 

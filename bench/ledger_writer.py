@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from bench import account_ids, transfers
-from infra.database import create_database
+from harness.database import create_database
 from ledger.migrate import migrate
 from ledger.store import LedgerStore, Origin
 from ledger.testing import capture_entry, open_accounts

@@ -35,11 +35,11 @@ from bench.floor import MESSAGES as FLOOR_MESSAGES
 from bench.floor import measure_floor
 from bench.ledger_writer import BATCH_SIZES, measure_ledger_writer
 from bench.service import Outcomes, ServiceBench, WorkerProbe, listener
-from infra.database import create_database, drop_database
-from infra.driver import OUTCOME_TOPICS, ServiceDriver
-from infra.embedded import infrastructure
+from harness.database import create_database, drop_database
+from harness.driver import OUTCOME_TOPICS, ServiceDriver
+from harness.embedded import infrastructure
+from harness.worker_process import WorkerProcess
 from infra.topics import ensure_topics, service_topics
-from infra.worker_process import WorkerProcess
 from ledger.migrate import migrate
 from models.events import AccountFunded, AccountOpened
 from settings import Settings

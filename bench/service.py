@@ -1,6 +1,6 @@
 """The service, measured from outside: command published -> outcome consumed.
 
-Drives a running worker exactly as upstream and downstream systems do (infra.driver):
+Drives a running worker exactly as upstream and downstream systems do (harness.driver):
 opens and funds the accounts, then per workload
 - throughput: publishes P payments as fast as it can and times the first publish to the
   last outcome consumed, reading the worker's CPU seconds over the same span;
@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.progress import Progress, TaskID
 
 from bench import Transfer, percentile
-from infra.driver import ServiceDriver
+from harness.driver import ServiceDriver
 from infra.kafka_transport import true_end_offsets
 from models.payment import payment_id_for
 

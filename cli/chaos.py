@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from infra.campaign import (
+from harness.campaign import (
     SCENARIOS,
     Infrastructure,
     ScenarioSummary,

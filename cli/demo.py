@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.driver import ServiceDriver
-from infra.embedded import infrastructure
+from harness.driver import ServiceDriver
+from harness.embedded import infrastructure
+from harness.worker_process import WorkerProcess
+from harness.workload import Workload, plan
 from infra.topics import PAYMENT_COMMANDS, ensure_topics, service_topics
-from infra.worker_process import WorkerProcess
-from infra.workload import Workload, plan
 from ledger.migrate import migrate
 from ledger.store import LedgerStore
 from models.payment import payment_id_for

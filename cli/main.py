@@ -118,7 +118,7 @@ def _positive(text: str) -> int:
 
 def _chaos(args: argparse.Namespace, settings: Settings) -> int:
     from cli.chaos import REGRESSIONS_PATH, run_chaos
-    from infra.campaign import Sizes
+    from harness.campaign import Sizes
 
     regressions = None if args.no_record and not args.replay else (args.regressions or REGRESSIONS_PATH)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import EmbeddedBroker
-from infra.database import create_database, drop_database
-from infra.driver import ServiceDriver
-from infra.postgres import EmbeddedPostgres
+from harness.broker import EmbeddedBroker
+from harness.database import create_database, drop_database
+from harness.driver import ServiceDriver
+from harness.postgres import EmbeddedPostgres
+from harness.worker_process import WorkerProcess
 from infra.topics import ensure_topics, service_topics
-from infra.worker_process import WorkerProcess
 from ledger.migrate import migrate
 
 

@@ -18,7 +18,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
-from infra.driver import ServiceDriver
+from harness.driver import ServiceDriver
 from tests.conftest import Service
 
 T = TypeVar("T")

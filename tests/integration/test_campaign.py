@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli.chaos import REGRESSIONS_PATH, load_regressions, run_chaos
-from infra.campaign import Sizes
+from harness.campaign import Sizes
 from settings import Settings, load_settings
 
 

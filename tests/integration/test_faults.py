@@ -10,9 +10,9 @@ import urllib.request
 
 import pytest
 
+from harness.invariants import check
+from harness.processes import ComponentFailed
 from infra.crash import POINTS
-from infra.invariants import check
-from infra.processes import ComponentFailed
 from models.payment import payment_id_for
 from tests.conftest import Service
 

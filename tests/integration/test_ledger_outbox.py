@@ -10,7 +10,7 @@ from uuid import UUID
 
 import pytest
 
-from infra.postgres import EmbeddedPostgres
+from harness.postgres import EmbeddedPostgres
 from ledger.migrate import migrate
 from ledger.outbox import OutboxRelay, OutboxRow, PublishFailed
 from ledger.store import LedgerStore, Origin

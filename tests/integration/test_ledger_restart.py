@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from infra.postgres import EmbeddedPostgres
+from harness.postgres import EmbeddedPostgres
 from ledger.migrate import migrate
 from ledger.store import LedgerStore, Origin, WriteResult
 from ledger.testing import funding_entry, open_accounts

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
-from infra.driver import OUTBOUND_TOPICS
+from harness.driver import OUTBOUND_TOPICS
 from infra.topics import APP_ID, DEAD_LETTER, STEPS
 from models.payment import payment_id_for
 from models.steps import BadStep, Origin, PspAnswered, decode_message, encode_step

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from infra.postgres import EmbeddedPostgres
+from harness.postgres import EmbeddedPostgres
 from tests.conftest import Service
 from tests.integration.test_faults import open_and_fund, send_payments, settle_and_check
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli.chaos import COLUMNS, format_table, load_regressions, progress_line, record_failures, replay_batches
-from infra.campaign import (
+from harness.campaign import (
     Answer,
     Answers,
     Leg,
@@ -23,7 +23,7 @@ from infra.campaign import (
     tally,
     unanswered,
 )
-from infra.campaign.traffic import FIVE_MB, interleave, poison_messages, psp_payment
+from harness.campaign.traffic import FIVE_MB, interleave, poison_messages, psp_payment
 from infra.topics import PAYMENT_COMMANDS
 from models.codec import Invalid, Unreadable, read_command
 from models.commands import ACCOUNT_COMMANDS as ACCOUNT_COMMAND_TYPES

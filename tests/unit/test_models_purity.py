@@ -1,4 +1,5 @@
-"""`models/` is the pure domain: it imports no infrastructure and none of the project's adapters."""
+"""`models/` is the pure domain: it imports no infrastructure and none of the project's adapters; the
+code a worker runs imports none of the tooling."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 MODELS = Path(__file__).resolve().parents[2] / "models"
 FORBIDDEN = frozenset({
     "faust", "mode", "asyncpg", "aiokafka", "kafka", "confluent_kafka", "prometheus_client",
-    "aiohttp", "agents", "tables", "ledger", "psp", "infra", "cli", "app", "settings",
+    "aiohttp", "agents", "tables", "ledger", "psp", "infra", "harness", "bench", "cli", "app", "settings",
 })
 MODULE_FILES = sorted(MODELS.glob("*.py"))
 
@@ -61,3 +62,15 @@ def test_importing_every_model_loads_no_infrastructure() -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=MODELS.parent, capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+ROOT = MODELS.parent
+WORKER_CODE = sorted(path for folder in ("agents", "models", "tables", "ledger", "psp", "infra")
+                     for path in (ROOT / folder).rglob("*.py")) + [ROOT / "app.py", ROOT / "settings.py"]
+
+
+@pytest.mark.parametrize("path", WORKER_CODE, ids=lambda path: str(path.relative_to(ROOT)))
+def test_the_code_a_worker_runs_imports_none_of_the_tooling(path: Path) -> None:
+    # The embedded infrastructure, the driver, the campaign (harness/) and the bench stay
+    # out of a worker's imports.
+    assert imported_roots(path) & {"harness", "bench"} == set()

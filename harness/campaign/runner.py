@@ -16,12 +16,12 @@ from pathlib import Path
 import asyncpg
 
 from cli.reconcile import reconcile
-from infra.campaign.accounting import Leg, Operation, Tally, tally, unanswered
-from infra.campaign.environment import Environment, Infrastructure
-from infra.campaign.results import SeedResult
-from infra.campaign.scenarios import SCENARIOS
-from infra.campaign.seed_run import SeedRun, Sizes
-from infra.invariants import check
+from harness.campaign.accounting import Leg, Operation, Tally, tally, unanswered
+from harness.campaign.environment import Environment, Infrastructure
+from harness.campaign.results import SeedResult
+from harness.campaign.scenarios import SCENARIOS
+from harness.campaign.seed_run import SeedRun, Sizes
+from harness.invariants import check
 from settings import Settings
 
 

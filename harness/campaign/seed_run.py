@@ -9,11 +9,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from infra.campaign.accounting import Operation, unanswered
-from infra.campaign.environment import Environment
-from infra.driver import ServiceDriver
+from harness.campaign.accounting import Operation, unanswered
+from harness.campaign.environment import Environment
+from harness.driver import ServiceDriver
+from harness.workload import PlannedAccount, PlannedPayment, plan
 from infra.topics import PAYMENT_COMMANDS
-from infra.workload import PlannedAccount, PlannedPayment, plan
 from settings import Settings
 
 

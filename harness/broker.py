@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.processes import free_port, port_answers, start_process, stop_process, wait_until
+from harness.processes import free_port, port_answers, start_process, stop_process, wait_until
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from cli.reconcile import reconcile
-from infra.driver import ServiceDriver
+from harness.driver import ServiceDriver
 
 NEGATIVE_HISTORY = """
 SELECT account_id, min(running) AS lowest, max(overdraft_limit) AS overdraft_limit FROM (

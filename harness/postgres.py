@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.processes import free_port, start_process, stop_process, wait_until
+from harness.processes import free_port, start_process, stop_process, wait_until
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 SYSTEM_USER = "embedded_postgres"

@@ -12,13 +12,13 @@ from typing import Any
 
 import orjson
 
-from infra.broker import EmbeddedBroker
-from infra.campaign.accounting import OUTCOMES, Answer, Answers
-from infra.database import create_database, drop_database
-from infra.driver import ServiceDriver
-from infra.postgres import EmbeddedPostgres
+from harness.broker import EmbeddedBroker
+from harness.campaign.accounting import OUTCOMES, Answer, Answers
+from harness.database import create_database, drop_database
+from harness.driver import ServiceDriver
+from harness.postgres import EmbeddedPostgres
+from harness.worker_process import WorkerProcess
 from infra.topics import DEAD_LETTER, ensure_topics, service_topics
-from infra.worker_process import WorkerProcess
 from ledger.migrate import migrate
 from settings import Settings
 

@@ -7,8 +7,8 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from infra.broker import EmbeddedBroker
-from infra.postgres import EmbeddedPostgres
+from harness.broker import EmbeddedBroker
+from harness.postgres import EmbeddedPostgres
 from settings import Settings
 
 

@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.processes import ComponentFailed, free_port, start_process, stop_process
+from harness.processes import ComponentFailed, free_port, start_process, stop_process
 
 
 @dataclass

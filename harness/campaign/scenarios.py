@@ -11,14 +11,14 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 import orjson
 
-from infra.campaign.accounting import Operation, unanswered
-from infra.campaign.seed_run import SeedRun
-from infra.campaign.traffic import interleave, poison_messages, psp_payment
+from harness.campaign.accounting import Operation, unanswered
+from harness.campaign.seed_run import SeedRun
+from harness.campaign.traffic import interleave, poison_messages, psp_payment
+from harness.processes import ComponentFailed
+from harness.worker_process import WorkerProcess
+from harness.workload import PlannedPayment
 from infra.crash import CRASH_EXIT_CODE, POINTS
-from infra.processes import ComponentFailed
 from infra.topics import PAYMENT_COMMANDS
-from infra.worker_process import WorkerProcess
-from infra.workload import PlannedPayment
 
 Scenario = Callable[[SeedRun], Awaitable[None]]
 

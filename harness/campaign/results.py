@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.campaign.accounting import Tally
+from harness.campaign.accounting import Tally
 
 COUNTS = ("attempted", "ok", "captured", "failed", "unexpected", "unknown", "lost", "duplicated")
 

@@ -4,7 +4,7 @@ the way Jepsen counts.
 Every command the campaign sends is an `Operation` with the answer it must get; after
 each scenario x seed the answers seen on the outbound topics and the ledger's postings
 are tallied per operation (ok, captured, failed, unexpected, unknown, lost, duplicated)
-and the global invariant checker (infra.invariants) runs. Nothing is retried away: a
+and the global invariant checker (harness.invariants) runs. Nothing is retried away: a
 command without an answer after the recovery window is counted as lost.
 
     accounting   Operation, Answers, tally (pure)
@@ -18,12 +18,12 @@ command without an answer after the recovery window is counted as lost.
 
 from __future__ import annotations
 
-from infra.campaign.accounting import Answer, Answers, Leg, Operation, Tally, tally, unanswered
-from infra.campaign.environment import Infrastructure
-from infra.campaign.results import ScenarioSummary, SeedResult, summarise
-from infra.campaign.runner import plan_runs, run_campaign
-from infra.campaign.scenarios import SCENARIOS
-from infra.campaign.seed_run import Sizes
+from harness.campaign.accounting import Answer, Answers, Leg, Operation, Tally, tally, unanswered
+from harness.campaign.environment import Infrastructure
+from harness.campaign.results import ScenarioSummary, SeedResult, summarise
+from harness.campaign.runner import plan_runs, run_campaign
+from harness.campaign.scenarios import SCENARIOS
+from harness.campaign.seed_run import Sizes
 
 __all__ = [
     "SCENARIOS", "Answer", "Answers", "Infrastructure", "Leg", "Operation", "ScenarioSummary", "SeedResult",

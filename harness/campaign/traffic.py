@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
+from harness.workload import PlannedPayment
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS
-from infra.workload import PlannedPayment
 
 FIVE_MB = 5 * 1024 * 1024
 
