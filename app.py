@@ -113,7 +113,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     handlers = loop.Topics({PAYMENT_COMMANDS: intake, ACCOUNT_COMMANDS: intake, STEPS: owner})
 
     async def own(stream: faust.StreamT) -> None:
-        await loop.run("owner", stream, handlers, outlet("owner"), metrics)
+        await loop.run("owner", stream, handlers, outlet("owner"), metrics, app.consumer.seek)
 
     loop.install(app, "owner", list(handlers.handlers), own)
     _install_calls(app, calls, owners)

@@ -29,9 +29,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import faust
 from aiokafka.structs import ConsumerRecord
+from faust.types import TP
 
 from agents.outlet import Outlet, Sendable
 from infra.crash import crash_point
+from infra.kafka_transport import RecordBatchMessage
 from infra.metrics import Metrics
 from models.steps import Origin
 from tables.state import Changes, StateTable
@@ -108,10 +110,68 @@ class Topics:
         return [await handler.take(mine) for handler, mine in by_handler.values()]
 
 
-async def run(name: str, stream: faust.StreamT, handlers: Topics, outlet: Outlet, metrics: Metrics) -> None:
+@dataclass
+class InOrder:
+    """Per source partition, the batch the loop takes next: a batch that does not follow on
+    is not taken, and its partition is read again from where the loop stands.
+
+    Decisions about repeats rest on it: a home treats a step whose origin is at or below
+    the highest it applied from the same source partition as applied (models/owner.py,
+    Tracking). Faust can drop a delivered batch (an event of a generation that ended is
+    discarded by the stream) while later ones of the same partition arrive; taken, they
+    would raise that mark past the dropped batch's steps, and when it was read again its
+    hand-overs would be skipped as repeats: payments lost (`payments chaos`, kill9 seed
+    10). Each stretch of delivery starts at a known offset and numbers its batches
+    (infra/kafka_transport.py, Run), so a hole shows."""
+
+    position: dict[TP, tuple[int, int, int]] = field(default_factory=dict)  # tp -> (run, next seq, offset)
+
+    def admit(self, message: RecordBatchMessage) -> int | None:
+        """None when the batch follows on; else the offset to read its partition again from."""
+        if message.run is None:
+            return None
+        known = self.position.get(message.tp)
+        if known is not None and known[0] == message.run.number:
+            _, expected, resume_at = known
+        else:
+            expected, resume_at = 1, message.run.start
+        if message.seq > expected:
+            return resume_at
+        if message.seq == expected:
+            self.position[message.tp] = (message.run.number, expected + 1, message.offset + 1)
+        return None
+
+
+async def admitted(events: Sequence[faust.EventT], in_order: InOrder,
+                   seek: Callable[[TP, int], Awaitable[None]]) -> list[faust.EventT]:
+    """The events that follow on; each partition with a hole is read again from it."""
+    taken, holes = [], {}
+    for event in events:
+        message = event.message
+        if message.tp in holes:
+            continue
+        again = in_order.admit(message) if isinstance(message, RecordBatchMessage) else None
+        if again is None:
+            taken.append(event)
+        else:
+            holes[message.tp] = again
+            log.warning("%s: a batch before offset %d never reached the loop (dropped by the stream): "
+                        "reading again from %d", message.tp, message.first_offset, again)
+    for tp, offset in holes.items():
+        await seek(tp, offset)
+    return taken
+
+
+async def run(name: str, stream: faust.StreamT, handlers: Topics, outlet: Outlet, metrics: Metrics,
+              seek: Callable[[TP, int], Awaitable[None]]) -> None:
+    """The loop; `seek` reads a partition again from an offset (the consumer's)."""
     phase = functools.partial(metrics.batch_phase.labels, name)
     size = metrics.batch_size.labels(name)
-    async for events in stream.take_events(BATCH_EVENTS_MAX, BATCH_WITHIN_SECONDS):
+    in_order = InOrder()
+    async for batch in stream.take_events(BATCH_EVENTS_MAX, BATCH_WITHIN_SECONDS):
+        events = await admitted(batch, in_order, seek)
+        if not events:
+            continue
         started = time.perf_counter()
         deliveries = unpack(events, handlers.split)
         size.observe(len(deliveries))

@@ -39,10 +39,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -91,20 +93,34 @@ def contiguous_run(records: Sequence[ConsumerRecord], expected: int | None
     return run, None
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One stretch of delivery of a partition: from `start` on, in order, until the next
+    assignment or seek begins another (`number` tells them apart)."""
+
+    number: int
+    start: int
+
+
 class RecordBatchMessage(ConsumerMessage):
     """Several consecutive records of one partition, delivered to a stream as one event.
 
-    Acked as one: committing past it commits past all of its records."""
+    Acked as one: committing past it commits past all of its records. `run` and `seq`
+    (1, 2, ... within the run) say where it stands in its partition's delivery, so that
+    its receiver can tell when one before it never reached it (agents/loop.py, InOrder)."""
 
-    __slots__ = ("records",)
+    __slots__ = ("records", "run", "seq")
 
-    def __init__(self, tp: TP, records: list[ConsumerRecord], generation_id: int | None) -> None:
+    def __init__(self, tp: TP, records: list[ConsumerRecord], generation_id: int | None,
+                 run: Run | None = None, seq: int = 0) -> None:
         last = records[-1]
         timestamp = last.timestamp / 1000.0 if last.timestamp is not None else 0.0
         super().__init__(tp.topic, tp.partition, last.offset, timestamp, last.timestamp_type, [],
                          None, b"", None, 0, sum(r.serialized_value_size for r in records), tp,
                          generation_id=generation_id)
         self.records = records
+        self.run = run
+        self.seq = seq
 
     @property
     def first_offset(self) -> int:
@@ -128,6 +144,9 @@ class Consumer(faust_aiokafka.Consumer):
         # Per batched partition: the last offsets of the batches delivered and not yet
         # committed past, in delivery order.
         self._delivered: dict[TP, deque[int]] = {}
+        self._runs: dict[TP, Run] = {}  # the current stretch of delivery, per batched partition
+        self._sequence: dict[TP, int] = {}  # batches delivered in it
+        self._run_numbers = itertools.count(1)
 
     @property
     def batched_topics(self) -> frozenset[str]:
@@ -166,7 +185,8 @@ class Consumer(faust_aiokafka.Consumer):
                 continue
             if tp.topic in batched:
                 self._delivered.setdefault(tp, deque()).append(run[-1].offset)
-                yield tp, RecordBatchMessage(tp, run, generation_id)
+                self._sequence[tp] = seq = self._sequence.get(tp, 0) + 1
+                yield tp, RecordBatchMessage(tp, run, generation_id, self._runs.get(tp), seq)
             else:
                 for record in run:
                     yield tp, self._to_message(tp, record)
@@ -195,8 +215,13 @@ class Consumer(faust_aiokafka.Consumer):
                 committed = (await self.earliest_offsets(tp)).get(tp)
             if committed is None:
                 return None
-            self._expected[tp] = committed
+            self._start_run(tp, committed)
         return self._expected[tp]
+
+    def _start_run(self, tp: TP, offset: int) -> None:
+        self._expected[tp] = offset
+        self._runs[tp] = Run(next(self._run_numbers), offset)
+        self._sequence[tp] = 0
 
     async def _group_committed(self, tp: TP) -> int | None:
         thread = self._thread
@@ -225,11 +250,24 @@ class Consumer(faust_aiokafka.Consumer):
         self._expected.pop(tp, None)
         self._jumps.pop(tp, None)
         self._delivered.pop(tp, None)
+        self._runs.pop(tp, None)
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
         self._forget(partition)
-        self._expected[partition] = offset
+        self._start_run(partition, offset)
+
+    def ack(self, message: Message) -> bool:
+        """Faust's ack, except for a batch of an earlier stretch of delivery: it is marked
+        acked but not counted. A batch still in hand when its partition was sought back
+        would otherwise count as done for the same records read again, and the offset be
+        committed past them before they were taken."""
+        if isinstance(message, RecordBatchMessage) and message.run is not None \
+                and self._runs.get(message.tp) != message.run:
+            message.acked = True
+            self._unacked_messages.discard(message)
+            return False
+        return bool(super().ack(message))
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         """Table recovery positions each changelog partition this way, at the offset it read
@@ -239,13 +277,14 @@ class Consumer(faust_aiokafka.Consumer):
         await super().seek_wait(partitions)
         for tp, offset in partitions.items():
             self._forget(tp)
-            self._expected[tp] = offset
+            self._start_run(tp, offset)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
         self._expected.clear()  # from the committed offsets, just read back
         self._jumps.clear()
         self._delivered.clear()
+        self._runs.clear()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
