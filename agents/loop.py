@@ -110,6 +110,9 @@ class Topics:
         return [await handler.take(mine) for handler, mine in by_handler.values()]
 
 
+SKIP = -1  # InOrder.admit: a batch of a run that ended, queued before its partition was read again
+
+
 @dataclass
 class InOrder:
     """Per source partition, the batch the loop takes next: a batch that does not follow on
@@ -125,17 +128,23 @@ class InOrder:
     (infra/kafka_transport.py, Run), so a hole shows."""
 
     position: dict[TP, tuple[int, int, int]] = field(default_factory=dict)  # tp -> (run, next seq, offset)
+    # Per partition read again: its runs up to this one are over (their queued batches are skipped).
+    ended: dict[TP, int] = field(default_factory=dict)
 
     def admit(self, message: RecordBatchMessage) -> int | None:
-        """None when the batch follows on; else the offset to read its partition again from."""
+        """None when the batch follows on; SKIP for a batch of a run that ended; else the
+        offset to read its partition again from."""
         if message.run is None:
             return None
+        if message.run.number <= self.ended.get(message.tp, 0):
+            return SKIP
         known = self.position.get(message.tp)
         if known is not None and known[0] == message.run.number:
             _, expected, resume_at = known
         else:
             expected, resume_at = 1, message.run.start
         if message.seq > expected:
+            self.ended[message.tp] = message.run.number
             return resume_at
         if message.seq == expected:
             self.position[message.tp] = (message.run.number, expected + 1, message.offset + 1)
@@ -153,7 +162,7 @@ async def admitted(events: Sequence[faust.EventT], in_order: InOrder,
         again = in_order.admit(message) if isinstance(message, RecordBatchMessage) else None
         if again is None:
             taken.append(event)
-        else:
+        elif again != SKIP:
             holes[message.tp] = again
             log.warning("%s: a batch before offset %d never reached the loop (dropped by the stream): "
                         "reading again from %d", message.tp, message.first_offset, again)

@@ -51,6 +51,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, ConsumerMessage, Message
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +253,10 @@ class Consumer(faust_aiokafka.Consumer):
         self._jumps.pop(tp, None)
         self._delivered.pop(tp, None)
         self._runs.pop(tp, None)
+        if tp.topic in self.batched_topics:
+            # Acks counted before: a batch read again can end on the same offset.
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -258,14 +264,18 @@ class Consumer(faust_aiokafka.Consumer):
         self._start_run(partition, offset)
 
     def ack(self, message: Message) -> bool:
-        """Faust's ack, except for a batch of an earlier stretch of delivery: it is marked
-        acked but not counted. A batch still in hand when its partition was sought back
-        would otherwise count as done for the same records read again, and the offset be
-        committed past them before they were taken."""
-        if isinstance(message, RecordBatchMessage) and message.run is not None \
-                and self._runs.get(message.tp) != message.run:
-            message.acked = True
-            self._unacked_messages.discard(message)
+        """Faust's ack, except for a batch that may not have been taken: one of an earlier
+        stretch of delivery, or of an ended generation (the stream acks the events it drops
+        for that). It is marked acked but not counted, so the offset is never committed
+        past it: a batch still in hand when its partition was sought back would otherwise
+        count as done for the same records read again before they were taken."""
+        if isinstance(message, RecordBatchMessage) and message.run is not None and (
+                self._runs.get(message.tp) != message.run
+                or message.generation_id != self.app.consumer_generation_id):
+            with ack_lock:
+                message.acked = True
+                self._unacked_messages.discard(message)
+                notify(self._waiting_for_ack)
             return False
         return bool(super().ack(message))
 
@@ -281,10 +291,8 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        self._expected.clear()  # from the committed offsets, just read back
-        self._jumps.clear()
-        self._delivered.clear()
-        self._runs.clear()
+        for tp in {*self._expected, *self._delivered, *self._runs, *self._jumps}:
+            self._forget(tp)  # from the committed offsets, just read back
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:

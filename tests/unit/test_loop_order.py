@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from agents.loop import InOrder
+from agents.loop import SKIP, InOrder
 from infra.kafka_transport import RecordBatchMessage, Run
 
 COMMANDS_3 = TP("fintech.payments.commands", 3)
@@ -58,3 +58,11 @@ def test_partitions_are_followed_each_on_its_own() -> None:
 
 def test_a_batch_delivered_outside_any_run_is_taken() -> None:
     assert InOrder().admit(batch(5, 6, None, 0)) is None
+
+
+def test_batches_queued_from_a_run_that_ended_are_skipped_until_the_partition_is_read_again() -> None:
+    in_order, run = InOrder(), Run(1, 100)
+    assert in_order.admit(batch(100, 104, run, 1)) is None
+    assert in_order.admit(batch(108, 109, run, 3)) == 105  # the hole: read again from 105
+    assert in_order.admit(batch(110, 112, run, 4)) == SKIP  # queued before the seek: not another seek
+    assert in_order.admit(batch(105, 107, Run(2, 105), 1)) is None
