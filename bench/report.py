@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,14 +120,19 @@ def _comparison(results: dict[str, Any]) -> Table:
     return table
 
 
+def _table(title: str, columns: Sequence[str]) -> Table:
+    """A table whose first column names the row and the others hold figures."""
+    table = Table(title=title)
+    for number, name in enumerate(columns):
+        table.add_column(name, justify="left" if number == 0 else "right")
+    return table
+
+
 def _costs(results: dict[str, Any]) -> Table:
-    table = Table(title="CPU per payment at maximum throughput, by process (us)")
     service = results["service"]
     names = sorted({name for w in WORKLOADS for name in service[w]["throughput"]["cpu_us_per_payment"]},
                    key=("worker", "broker", "postgres").index)
-    table.add_column("workload")
-    for name in names:
-        table.add_column(name, justify="right")
+    table = _table("CPU per payment at maximum throughput, by process (us)", ["workload", *names])
     for w in WORKLOADS:
         cpu = service[w]["throughput"]["cpu_us_per_payment"]
         table.add_row(w, *(f"{cpu[name]:,.0f}" if name in cpu else "-" for name in names))
@@ -134,12 +140,9 @@ def _costs(results: dict[str, Any]) -> Table:
 
 
 def _records(results: dict[str, Any]) -> Table:
-    table = Table(title="records written per payment at maximum throughput, by topic")
     service = results["service"]
     topics = sorted({t for w in WORKLOADS for t in service[w]["throughput"]["records_per_payment"]})
-    table.add_column("topic")
-    for w in WORKLOADS:
-        table.add_column(w, justify="right")
+    table = _table("records written per payment at maximum throughput, by topic", ["topic", *WORKLOADS])
     for topic in topics:
         table.add_row(topic, *(f"{service[w]['throughput']['records_per_payment'].get(topic, 0):.2f}"
                                for w in WORKLOADS))
@@ -149,9 +152,8 @@ def _records(results: dict[str, Any]) -> Table:
 
 
 def _floor(results: dict[str, Any]) -> Table:
-    table = Table(title="floor: a bare Faust agent on this broker (uvloop), per message consumed")
-    for name in ("agent", "produced / message", "messages/s", "worker CPU us", "broker CPU us"):
-        table.add_column(name, justify="left" if name == "agent" else "right")
+    table = _table("floor: a bare Faust agent on this broker (uvloop), per message consumed",
+                   ("agent", "produced / message", "messages/s", "worker CPU us", "broker CPU us"))
     for run in results["floor"]:
         broker = run["broker_cpu_us_per_message"]
         table.add_row("stock Faust" if run["mode"] == "faust" else "service transport + producer",
@@ -161,9 +163,8 @@ def _floor(results: dict[str, Any]) -> Table:
 
 
 def _ledger_writer(results: dict[str, Any]) -> Table:
-    table = Table(title="ledger writer: capture entries (2 postings + 1 outbox row each)")
-    for name in ("write", "entries / tx", "postings/s", "postings", "seconds"):
-        table.add_column(name, justify="left" if name == "write" else "right")
+    table = _table("ledger writer: capture entries (2 postings + 1 outbox row each)",
+                   ("write", "entries / tx", "postings/s", "postings", "seconds"))
     for run in results["ledger_writer"]:
         copy = run["method"] == "copy"
         table.add_row("raw COPY, no checks" if copy else "write_batch",
