@@ -71,7 +71,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app = faust.App(
         APP_ID,
         broker=[f"payments-kafka://{server}" for server in bootstrap.split(",")],
-        store="memory://",
+        store=f"payments-{settings.table_store}://",
         topic_partitions=partitions,
         topic_disable_leader=True,
         topic_allow_declare=False,  # every topic is created up front with its partition count
@@ -102,7 +102,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     ledger = Ledger(database_url)
     owners: StateTable[owners_table.Value] = StateTable(app, "owners", partitions, owners_table.decode,
-                                                        producers.of("owner"))
+                                                        producers.of("owner"), owners_table.locator(partitions))
     keys: StateTable[KeyUse] = StateTable(app, "idempotency_keys", partitions, decode_key_use,
                                           producers.of("owner"))
     psp = build_psp(settings.psp_url)
@@ -153,7 +153,7 @@ def _install_calls(app: faust.App, calls: Calls, owners: StateTable[owners_table
                     continue
                 held = {tp.partition for tp in app.consumer.assignment() if tp.topic == STEPS}
                 if calls.rescan_due or held != held_before:  # the latter: should a callback be missed
-                    calls.rescan(held, owners.raw_items())
+                    calls.rescan(held, owners.raw_items(owners_table.PAYMENT))
                     held_before = held
                 await calls.check(held, current)  # type: ignore[arg-type]
         finally:

@@ -26,6 +26,9 @@ class Settings:
     partitions: int = 8
     psp_url: str | None = None
     risk_max_amount: int = 100_000_000  # per payment, minor units: above it -> risk_rejected
+    # Where the tables' partitions live (tables/store.py): "disk" (RocksDB under data_dir,
+    # restarts read only the changelog written since) or "memory" (rebuilt at every start).
+    table_store: str = "disk"
 
     def with_infrastructure(self, kafka_bootstrap: str, database_url: str) -> Settings:
         return replace(self, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
@@ -90,4 +93,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         partitions=_integer(env, "PAYMENTS_PARTITIONS", 8, 1, 1024),
         psp_url=env.get("PAYMENTS_PSP_URL") or None,
         risk_max_amount=_integer(env, "PAYMENTS_RISK_MAX_AMOUNT", 100_000_000, 1, 2**63 - 1),
+        table_store=_choice(env, "PAYMENTS_TABLE_STORE", "disk", ("disk", "memory")),
     )
+
+
+def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    if raw not in allowed:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+    return raw

@@ -124,8 +124,8 @@ async def watch_partition(consumer: ConsumerT, tp: TP, end: int | None, now: flo
 def holds_in(table: StateTable[Value]) -> int:
     """The holds of this worker's accounts; those holding nothing are not parsed."""
     holds = 0
-    for key, stored in table.raw_items():
-        if key.startswith(ACCOUNT) and NO_HOLDS_MARK not in stored:
+    for key, stored in table.raw_items(ACCOUNT):
+        if NO_HOLDS_MARK not in stored:
             account = table.get(key)
             holds += len(account.holds) if account is not None else 0  # type: ignore[union-attr]
     return holds

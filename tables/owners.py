@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from infra.producer import partition_for
 from models.account import Account
 from models.owner import Tracking
 from models.payment import Payment
@@ -50,6 +51,22 @@ def home_key(payment_id: str) -> bytes:
 
 def tracking_key(partition: int) -> bytes:
     return TRACKING + str(partition).encode()
+
+
+def locator(partitions: int) -> Callable[[bytes], int | None]:
+    """Where a key lives, when its key says: an account and a directory entry at the
+    partition their id hashes to, a tracking record at its own. A payment lives with its
+    debtor, which its key does not name (None: looked up in every partition held)."""
+
+    def locate(key: bytes) -> int | None:
+        prefix = key[:2]
+        if prefix in (ACCOUNT, HOME):
+            return partition_for(key[2:], partitions)
+        if prefix == TRACKING:
+            return int(key[2:])
+        return None
+
+    return locate
 
 
 def decode(key: bytes, raw: bytes) -> Value:

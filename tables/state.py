@@ -1,7 +1,9 @@
 """Changelog-backed Faust tables of msgspec records, written a batch at a time.
 
 Keys and values are raw bytes on the wire (values are the records' JSON), so what
-recovery reads back from the changelog is exactly what was written.
+recovery reads back from the changelog is exactly what was written. Where a partition's
+entries live is the store's (tables/store.py: on disk by default); a table reads them by
+partition, and writes them only once the changelog has them.
 
 `record` writes every change of one batch for one partition as ONE record batch of the
 changelog partition. A broker appends a record batch whole or not at all, so a crash
@@ -22,31 +24,39 @@ import faust
 from infra.delivery import confirm
 from infra.producer import BatchProducer, Outgoing
 from infra.topics import changelog_topic
+from tables.store import Partitioned
 
 log = logging.getLogger(__name__)
 
 ValueT = TypeVar("ValueT")
 
 # Parsed values kept per table (the least recently used go first): an account is read for
-# every step about it, a payment at its submission and at its provider's answer; parsing
-# its JSON each time was a visible share of the worker's CPU.
+# every step about it, a payment at its submission and at its provider's answer; reading
+# and parsing it each time was a visible share of the worker's CPU. Bounded, like all a
+# worker keeps in memory: the rest is the store's.
 PARSED_KEPT = 16_384
 
-Changes = dict[int, dict[bytes, bytes]]  # partition -> key -> encoded value
+Changes = dict[int, dict[bytes, bytes | None]]  # partition -> key -> encoded value (None: deleted)
 
 
 class StateTable(Generic[ValueT]):
     def __init__(self, app: faust.App, name: str, partitions: int,
-                 decode: Callable[[bytes, bytes], ValueT], producer: Callable[[], Awaitable[BatchProducer]]
-                 ) -> None:
-        """`decode(key, raw)` reads a stored value; `producer` gives the producer its writes go by."""
+                 decode: Callable[[bytes, bytes], ValueT], producer: Callable[[], Awaitable[BatchProducer]],
+                 locate: Callable[[bytes], int | None] = lambda key: None) -> None:
+        """`decode(key, raw)` reads a stored value; `producer` gives the producer its writes
+        go by; `locate(key)` the partition a key lives at, where its key says (None: look in
+        every partition held here)."""
         self._decode = decode
         self._producer = producer
+        self._locate = locate
         self.name = name
         self.changelog = changelog_topic(name)
-        # key -> (the stored bytes it was parsed from, the value). Values are frozen, so one
-        # can be shared; a value replaced by recovery is another bytes object: parsed again.
-        self._parsed: OrderedDict[bytes, tuple[bytes, ValueT]] = OrderedDict()
+        # Applied but not yet recorded (the changelog has not acknowledged them): what this
+        # worker's readers see, and what the store gets once the changelog has it.
+        self._unrecorded: dict[bytes, bytes | None] = {}
+        # key -> value. Values are frozen, so one can be shared. Only this worker writes the
+        # partitions it holds, except a recovery: after one, nothing kept is trusted.
+        self._parsed: OrderedDict[bytes, ValueT] = OrderedDict()
         self.table = app.Table(
             name, partitions=partitions, key_type=bytes, value_type=bytes,
             changelog_topic=app.topic(
@@ -55,27 +65,42 @@ class StateTable(Generic[ValueT]):
             ),
         )
 
+        @self.table.on_recover
+        async def forget_parsed() -> None:
+            self._parsed.clear()
+
+    @property
+    def store(self) -> Partitioned:
+        return self.table.data  # type: ignore[return-value]  # tables/store.py, by the app's store URL
+
+    def stored(self, key: bytes) -> bytes | None:
+        if key in self._unrecorded:
+            return self._unrecorded[key]
+        partition = self._locate(key)
+        return self.store.find(key) if partition is None else self.store.get(partition, key)
+
     def get(self, key: bytes) -> ValueT | None:
-        raw = self.table.data.get(key)
+        parsed = self._parsed.get(key)
+        if parsed is not None:
+            self._parsed.move_to_end(key)
+            return parsed
+        raw = self.stored(key)
         if raw is None:
             return None
-        parsed = self._parsed.get(key)
-        if parsed is not None and parsed[0] is raw:
-            self._parsed.move_to_end(key)
-            return parsed[1]
         value = self._decode(key, raw)
-        self._keep(key, raw, value)
+        self._keep(key, value)
         return value
 
-    def _keep(self, key: bytes, raw: bytes, value: ValueT) -> None:
-        self._parsed[key] = (raw, value)
+    def _keep(self, key: bytes, value: ValueT) -> None:
+        self._parsed[key] = value
         self._parsed.move_to_end(key)
         if len(self._parsed) > PARSED_KEPT:
             self._parsed.popitem(last=False)
 
-    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
-        """The stored bytes of every entry, for scans that can skip most without parsing."""
-        return iter(list(self.table.data.items()))
+    def raw_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The stored bytes of every entry under `prefix` in the partitions held here, for
+        scans that can skip most without parsing."""
+        return self.store.items(prefix)
 
     def apply(self, changes: Changes, parsed: Mapping[bytes, Any] | None = None) -> None:
         """Make a batch's changes what readers of this worker see (`parsed`: the values the
@@ -84,12 +109,15 @@ class StateTable(Generic[ValueT]):
         this worker, finds the state that produced it."""
         for writes in changes.values():
             for key, value in writes.items():
-                self.table.data[key] = value
-                if parsed is not None and key in parsed:
-                    self._keep(key, value, parsed[key])
+                self._unrecorded[key] = value
+                if parsed is not None and key in parsed and value is not None:
+                    self._keep(key, parsed[key])
+                else:
+                    self._parsed.pop(key, None)
 
     async def record(self, changes: Changes) -> None:
-        """Store each partition's changes as one record batch and wait for the changelog."""
+        """Store each partition's changes as one record batch, wait for the changelog, then
+        write them to the store with the offset they were recorded at."""
         if not changes:
             return
         messages = [Outgoing(self.changelog, key, value, partition=partition)
@@ -99,3 +127,16 @@ class StateTable(Generic[ValueT]):
             log.warning("a batch's changes to %s did not fit one record batch per partition: recorded in "
                         "%d batches for %d partitions", self.name, len(futures), len(changes))
         await confirm(futures)
+        # The first offset of each partition's last record batch: a recovery from there
+        # reads the rest of that batch again, which writes the same values. (The embedded
+        # broker's end offset is that batch's first offset plus one, and Faust refuses a
+        # store that claims to be past the end.)
+        offsets = {}
+        for future in futures:
+            sent = future.result()
+            offsets[sent.partition] = max(sent.offset, offsets.get(sent.partition, -1))
+        for partition, writes in changes.items():
+            self.store.write(partition, writes, offsets[partition])
+            for key, value in writes.items():
+                if self._unrecorded.get(key, self) is value:
+                    del self._unrecorded[key]
