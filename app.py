@@ -86,7 +86,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         broker_heartbeat_interval=1.0,
         broker_commit_interval=0.5,
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.group_instance_id,
         table_standby_replicas=0,
+        TableManager="tables.manager:PromptTableManager",
         stream_buffer_maxsize=256,  # events: each is a partition's records of one fetch
     )
     deliver_in_batches(app, [PAYMENT_COMMANDS, ACCOUNT_COMMANDS, STEPS])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +31,18 @@ class Settings:
     # Where the tables' partitions live (tables/store.py): "disk" (RocksDB under data_dir,
     # restarts read only the changelog written since) or "memory" (rebuilt at every start).
     table_store: str = "disk"
+    # The worker's name in the consumer group, the same across its restarts (static
+    # membership): a worker killed and started again takes its partitions back at once
+    # instead of waiting for the group to give up on its old self. None: derived from
+    # the host and the data directory, which two workers never share (tables/store.py).
+    instance_id: str | None = None
+
+    @property
+    def group_instance_id(self) -> str:
+        if self.instance_id:
+            return self.instance_id
+        place = str(self.data_dir.resolve())
+        return f"{socket.gethostname()}-{hashlib.sha256(place.encode()).hexdigest()[:12]}"
 
     def with_infrastructure(self, kafka_bootstrap: str, database_url: str) -> Settings:
         return replace(self, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
@@ -94,6 +108,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         psp_url=env.get("PAYMENTS_PSP_URL") or None,
         risk_max_amount=_integer(env, "PAYMENTS_RISK_MAX_AMOUNT", 100_000_000, 1, 2**63 - 1),
         table_store=_choice(env, "PAYMENTS_TABLE_STORE", "disk", ("disk", "memory")),
+        instance_id=env.get("PAYMENTS_INSTANCE_ID") or None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="worker counts to measure the service at, increasing (default 1,2)")
     bench.add_argument("--output", type=Path, default=None,
                        help="JSON path (default: PAYMENTS_DATA_DIR/bench-results.json)")
+    bench.add_argument("--history", type=_points, default=None, metavar="N,N,...",
+                       help="instead: worker memory and restart time after N payments of history "
+                            "(e.g. 10000,100000; add 1000000 for the long mode)")
     chaos = commands.add_parser("chaos", help="the fault campaign: scenarios x seeds, Jepsen-style counts")
     chaos.add_argument("--scenarios", default=None, help="comma-separated (default: all)")
     chaos.add_argument("--seeds", type=_positive, default=20, help="seeds per scenario")
@@ -89,10 +93,26 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return run_reconcile(settings, as_json=args.json, outbox_stuck_seconds=args.outbox_stuck_seconds)
     if args.command == "chaos":
         return _chaos(args, settings)
+    if args.history:
+        from bench.history import run_history
+
+        output = args.output or settings.data_dir / "bench-history.json"
+        output.write_text(json.dumps(run_history(settings, args.history), indent=2))
+        print(f"figures written to {output}")
+        return 0
     from bench.main import run_bench
 
     return run_bench(settings, payments=args.payments, quick=args.quick, output=args.output,
                      worker_counts=args.workers)
+
+
+def _points(text: str) -> tuple[int, ...]:
+    from bench.history import parse_points
+
+    try:
+        return parse_points(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _counts(text: str) -> tuple[int, ...]:
