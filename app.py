@@ -81,15 +81,15 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         producer_max_request_size=MESSAGE_SIZE_MAX_BYTES,
         producer_max_batch_size=RECORD_BATCH_MAX_BYTES,
         consumer_max_fetch_size=MESSAGE_SIZE_MAX_BYTES,
-        broker_max_poll_records=2000,
+        broker_max_poll_records=500,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=0.5,
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=settings.group_instance_id,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         TableManager="tables.manager:PromptTableManager",
-        stream_buffer_maxsize=256,  # events: each is a partition's records of one fetch
+        stream_buffer_maxsize=32,  # events: each is a partition's records of one fetch
     )
     deliver_in_batches(app, [PAYMENT_COMMANDS, ACCOUNT_COMMANDS, STEPS])
     metrics = Metrics(registry or CollectorRegistry())
@@ -103,8 +103,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         return Outlet(producers.of(part), partitions)
 
     ledger = Ledger(database_url)
-    owners: StateTable[owners_table.Value] = StateTable(app, "owners", partitions, owners_table.decode,
-                                                        producers.of("owner"), owners_table.locator(partitions))
+    owners: StateTable[owners_table.Value] = StateTable(
+        app, "owners", partitions, owners_table.decode, producers.of("owner"),
+        owners_table.locator(partitions))
     keys: StateTable[KeyUse] = StateTable(app, "idempotency_keys", partitions, decode_key_use,
                                           producers.of("owner"))
     psp = build_psp(settings.psp_url)
@@ -119,7 +120,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     loop.install(app, "owner", list(handlers.handlers), own)
     _install_calls(app, calls, owners)
-    relay.install(app, database_url, outlet("relay"), ledger, metrics)
+    relay.install(app, database_url, outlet("relay"), ledger, metrics, settings.outbox_retention_hours)
     monitor.install(app, metrics, owners)
     web.install(app, web.Web(app, owners, keys, outlet("web"), ledger, metrics))
 
@@ -155,7 +156,7 @@ def _install_calls(app: faust.App, calls: Calls, owners: StateTable[owners_table
                     continue
                 held = {tp.partition for tp in app.consumer.assignment() if tp.topic == STEPS}
                 if calls.rescan_due or held != held_before:  # the latter: should a callback be missed
-                    calls.rescan(held, owners.raw_items(owners_table.PAYMENT))
+                    calls.rescan(held, owners.raw_items(owners_table.PAYMENT, held))
                     held_before = held
                 await calls.check(held, current)  # type: ignore[arg-type]
         finally:

@@ -36,6 +36,13 @@ class Settings:
     # instead of waiting for the group to give up on its old self. None: derived from
     # the host and the data directory, which two workers never share (tables/store.py).
     instance_id: str | None = None
+    # How long a published outbox row is kept (agents/relay.py); 0: for ever. The ledger's
+    # entries are kept for ever whatever this says, and so are the tables' records.
+    outbox_retention_hours: float = 168.0
+    # Copies of each table partition another worker keeps up to date from the changelog,
+    # so that a partition moving there (a worker stopped, killed, added) is processing
+    # again after reading only what it missed, not the whole partition.
+    standby_replicas: int = 1
 
     @property
     def group_instance_id(self) -> str:
@@ -109,6 +116,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         risk_max_amount=_integer(env, "PAYMENTS_RISK_MAX_AMOUNT", 100_000_000, 1, 2**63 - 1),
         table_store=_choice(env, "PAYMENTS_TABLE_STORE", "disk", ("disk", "memory")),
         instance_id=env.get("PAYMENTS_INSTANCE_ID") or None,
+        standby_replicas=_integer(env, "PAYMENTS_STANDBY_REPLICAS", 1, 0, 8),
+        outbox_retention_hours=_number(env, "PAYMENTS_OUTBOX_RETENTION_HOURS", 168.0, 0.0, 24.0 * 3650),
     )
 
 

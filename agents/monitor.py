@@ -121,10 +121,10 @@ async def watch_partition(consumer: ConsumerT, tp: TP, end: int | None, now: flo
     return lag
 
 
-def holds_in(table: StateTable[Value]) -> int:
-    """The holds of this worker's accounts; those holding nothing are not parsed."""
+def holds_in(table: StateTable[Value], held: set[int]) -> int:
+    """The holds of the accounts of the partitions `held` here; those holding nothing are not parsed."""
     holds = 0
-    for key, stored in table.raw_items(ACCOUNT):
+    for key, stored in table.raw_items(ACCOUNT, held):
         if NO_HOLDS_MARK not in stored:
             account = table.get(key)
             holds += len(account.holds) if account is not None else 0  # type: ignore[union-attr]
@@ -159,4 +159,5 @@ def install(app: faust.App, metrics: Metrics, owners: StateTable[Value]) -> None
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:
-        metrics.reservations_in_flight.set(holds_in(owners))
+        held = {tp.partition for tp in app.consumer.assignment() if tp.topic == STEPS}
+        metrics.reservations_in_flight.set(holds_in(owners, held))

@@ -33,7 +33,9 @@ from ledger.accounts import AccountRow
 from ledger.store import LedgerStore
 from models import owner
 from models.account import Account
+from models.events import Event
 from models.ledger import EntryKind, transaction_id_for
+from models.outputs import Publish
 from models.owner import Effects, Facts, Limits
 from models.steps import (
     BadStep,
@@ -144,11 +146,10 @@ class Owner:
         effects = decided.effects
         if effects.entries:
             crash_point("owner.after_commit")
-        republished = await (await self.store()).stored_events(effects.republish) if effects.republish else []
         outputs: list[Sendable] = [
             *effects.outputs,
             *committed_events(effects),
-            *(Outgoing(row.topic, row.key.encode(), row.value, row.headers) for row in republished),
+            *(await self.republished(effects.republish)),
             *(self.dead_letter(delivery, reason) for delivery, reason in decided.bad),
         ]
         changes, parsed = view.changes()
@@ -157,6 +158,16 @@ class Owner:
             await self.after(view, effects)
 
         return Done(self.table, outputs=outputs, changes=changes, parsed=parsed, after=after)
+
+    async def republished(self, events: list[Event]) -> list[Sendable]:
+        """First answers to publish again: the bytes the outbox kept, or for a row pruned
+        past its retention (agents/relay.py) the event rebuilt, under the same event_id."""
+        if not events:
+            return []
+        rows = await (await self.store()).stored_events([event.event_id for event in events])
+        kept = {row.event_id for row in rows}
+        return [*(Outgoing(row.topic, row.key.encode(), row.value, row.headers) for row in rows),
+                *(Publish(event) for event in events if event.event_id not in kept)]
 
     async def prepare(self, deliveries: list[Delivery[Item]]) -> Facts:
         """The facts from outside the decisions need (models/owner.py, Determinism)."""

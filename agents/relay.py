@@ -4,7 +4,13 @@ The owner publishes the outbox rows of its entries itself, in the batch that com
 them, and marks them published (agents/owner.py). The relay publishes what is still
 unmarked after CLAIM_AFTER_SECONDS: rows whose batch was cut short after its commit by
 a crash (its redelivery publishes them too: consumers dedupe on event_id), or written by
-anything else."""
+anything else.
+
+Published rows are pruned once they are older than the retention (`retention_hours`; 0
+keeps them): the outbox is a queue, not the record. What outlives it: the ledger's
+entries, and each payment's outcome in its record (models/payment.py), from which a
+repeated command is answered; a repeated funding whose row is gone is answered with its
+event rebuilt, under the same event_id (agents/owner.py)."""
 
 from __future__ import annotations
 
@@ -21,10 +27,12 @@ from ledger.store import LedgerStore
 
 POLL_INTERVAL_SECONDS = 1.0
 CLAIM_AFTER_SECONDS = 10.0  # a batch marks its rows within milliseconds of their commit
+PRUNE_INTERVAL_SECONDS = 60.0
+PRUNE_CHUNK = 10_000  # rows per statement: short transactions, whatever the backlog
 
 
 def install(app: faust.App, database_url: str, outlet: Outlet, store: Callable[[], Awaitable[LedgerStore]],
-            metrics: Metrics) -> None:
+            metrics: Metrics, retention_hours: float) -> None:
     async def publish(rows: Sequence[OutboxRow]) -> None:
         await outlet.send_messages([Outgoing(row.topic, row.key.encode(), row.value, row.headers)
                                     for row in rows])
@@ -42,3 +50,12 @@ def install(app: faust.App, database_url: str, outlet: Outlet, store: Callable[[
         rows, age = await (await store()).outbox_backlog()
         metrics.outbox_backlog_rows.set(rows)
         metrics.outbox_oldest_age.set(age)
+
+    if retention_hours > 0:
+        @app.timer(interval=PRUNE_INTERVAL_SECONDS)
+        async def prune_outbox() -> None:
+            ledger = await store()
+            while (pruned := await ledger.prune_outbox(retention_hours * 3600, PRUNE_CHUNK)):
+                metrics.outbox_pruned.inc(pruned)
+                if pruned < PRUNE_CHUNK:
+                    break

@@ -141,7 +141,8 @@ async def restart(worker: WorkerProcess, answered: Answered, producer: BatchProd
     healthy = processing = None
     while processing is None:
         if time.monotonic() - started > RESTART_TIMEOUT_SECONDS:
-            raise RuntimeError(f"the worker did not process within {RESTART_TIMEOUT_SECONDS:.0f}s: {worker.log}")
+            raise RuntimeError(
+                f"the worker did not process within {RESTART_TIMEOUT_SECONDS:.0f}s: {worker.log}")
         if healthy is None and await asyncio.to_thread(worker.healthy):
             healthy = time.monotonic() - started
         if await answered.count() > before:
@@ -213,10 +214,11 @@ def run_history(settings: Settings, points: Sequence[int]) -> list[dict[str, Any
     with infrastructure(settings, workdir, say=console.print, discard_database=True) as (bootstrap, server):
         found = asyncio.run(measure(bootstrap, server, workdir, points, settings.partitions, console.print))
     table = [point.summary() for point in found]
-    console.print("| payments in history | worker RSS | store on disk | restart: healthy | restart: processing "
-                  "| RSS after restart |")
-    console.print("|---:|---:|---:|---:|---:|---:|")
+    console.print("| payments in history | reached after | worker RSS | store on disk | restart: healthy "
+                  "| restart: processing | RSS after restart |", soft_wrap=True)
+    console.print("|---:|---:|---:|---:|---:|---:|---:|", soft_wrap=True)
     for p in found:
-        console.print(f"| {p.payments:,} | {p.rss_mb:.0f} MB | {p.store_mb:.0f} MB | {p.healthy_seconds:.1f} s "
-                      f"| {p.processing_seconds:.1f} s | {p.rss_after_restart_mb:.0f} MB |")
+        console.print(f"| {p.payments:,} | {p.seconds_to_reach:.0f} s | {p.rss_mb:.0f} MB "
+                      f"| {p.store_mb:.0f} MB | {p.healthy_seconds:.1f} s | {p.processing_seconds:.1f} s "
+                      f"| {p.rss_after_restart_mb:.0f} MB |", soft_wrap=True)
     return table

@@ -348,21 +348,27 @@ class Consumer(faust_aiokafka.Consumer):
 async def true_end_offsets(bootstrap: list[str] | str, reported: Mapping[TP, int]) -> dict[TP, int]:
     """One past the last record of each partition, given the end offsets a broker reported:
     the last record batch is read from `reported - 1` on (see the module docstring, 3)."""
+    found = dict(reported)
+    if not reported:
+        return found
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                              fetch_max_wait_ms=10, max_partition_fetch_bytes=16 * 1024 * 1024)
     await probe.start()
     try:
-        found = dict(reported)
-        for tp, end in reported.items():
-            partition = TopicPartition(tp.topic, tp.partition)
-            probe.assign([partition])
-            probe.seek(partition, end - 1)
-            async with asyncio.timeout(END_PROBE_TIMEOUT_SECONDS):
-                while True:
-                    records = (await probe.getmany(partition, timeout_ms=200)).get(partition)
-                    if records:
-                        found[tp] = max(end, records[-1].offset + 1)
-                        break
+        # Every partition in the same fetches: a restarted worker asks this of each of its
+        # changelog partitions, and the broker's cost per fetch grows with their history.
+        waiting = {TopicPartition(tp.topic, tp.partition): tp for tp in reported}
+        probe.assign(list(waiting))
+        for partition, tp in waiting.items():
+            probe.seek(partition, reported[tp] - 1)
+        async with asyncio.timeout(END_PROBE_TIMEOUT_SECONDS):
+            while waiting:
+                fetched = await probe.getmany(*waiting, timeout_ms=200)
+                for partition, records in fetched.items():
+                    if records and partition in waiting:
+                        tp = waiting.pop(partition)
+                        found[tp] = max(reported[tp], records[-1].offset + 1)
+                        probe.pause(partition)
         return found
     finally:
         await probe.stop()

@@ -103,6 +103,11 @@ class Metrics:
             "Age of the oldest unpublished outbox row.",
             registry=registry,
         )
+        self.outbox_pruned = Counter(
+            "payments_outbox_pruned_rows",
+            "Published outbox rows deleted past the retention (PAYMENTS_OUTBOX_RETENTION_HOURS).",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "payments_consumer_lag_messages",
             "Messages not yet consumed.",

@@ -64,6 +64,15 @@ SELECT count(*) FROM outbox
 WHERE published_at IS NULL AND created_at < clock_timestamp() - make_interval(secs => $1)
 """
 
+# The oldest published rows past the retention, a chunk at a time (short transactions).
+PRUNE_OUTBOX = """
+DELETE FROM outbox WHERE outbox_id IN (
+    SELECT outbox_id FROM outbox
+    WHERE published_at IS NOT NULL AND published_at < clock_timestamp() - make_interval(secs => $1)
+    ORDER BY published_at LIMIT $2
+)
+"""
+
 REBUILD_DAILY_BALANCES = """
 INSERT INTO daily_balances (account_id, day, currency, closing_balance)
 SELECT account_id, day, currency,
@@ -117,6 +126,11 @@ async def stored_events(connection: asyncpg.Connection, event_ids: list[UUID]) -
 
 async def outbox_stuck(connection: asyncpg.Connection, older_than_seconds: float) -> int:
     return int(await connection.fetchval(OUTBOX_STUCK, older_than_seconds))
+
+
+async def prune_outbox(connection: asyncpg.Connection, older_than_seconds: float, limit: int) -> int:
+    status = await connection.execute(PRUNE_OUTBOX, older_than_seconds, limit)
+    return int(status.split()[-1])
 
 
 async def rebuild_daily_balances(connection: asyncpg.Connection) -> int:

@@ -182,6 +182,13 @@ class LedgerStore:
             lambda connection: reads.outbox_stuck(connection, older_than_seconds), what="outbox_stuck"
         )
 
+    async def prune_outbox(self, older_than_seconds: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` outbox rows published more than `older_than_seconds` ago;
+        the count deleted. Unpublished rows are never pruned."""
+        return await self._run(
+            lambda connection: reads.prune_outbox(connection, older_than_seconds, limit), what="prune_outbox"
+        )
+
     async def rebuild_daily_balances(self) -> int:
         return await self._run(reads.rebuild_daily_balances, what="rebuild_daily_balances")
 

@@ -156,7 +156,8 @@ class Effects:
     entries: list[tuple[JournalEntry, Origin]] = field(default_factory=list)  # commit first
     openings: list[Account] = field(default_factory=list)  # accounts rows, in the same transaction
     outputs: list[Output] = field(default_factory=list)  # sent once committed
-    republish: list[UUID] = field(default_factory=list)  # outbox events to publish again
+    # Answers to publish again: the outbox's copy, or this one rebuilt if the row was pruned.
+    republish: list[Event] = field(default_factory=list)
     calls: list[Payment] = field(default_factory=list)  # provider calls to run once recorded
     voids: list[str] = field(default_factory=list)  # payments to void at the provider
     notes: list[Note] = field(default_factory=list)
@@ -351,7 +352,7 @@ def on_fund(state: State, step: FundAccountOp, at: Origin, facts: Facts, effects
         )
         return
     if stored is not None and stored.origin != step.origin:
-        effects.republish.append(event.event_id)  # the same command again: its first answer
+        effects.republish.append(event)  # the same command again: its first answer
         return
     # New, or this very step written before a crash (the ledger keeps the first write).
     effects.post(funding_entry(funding, event), step.origin)

@@ -97,10 +97,10 @@ class StateTable(Generic[ValueT]):
         if len(self._parsed) > PARSED_KEPT:
             self._parsed.popitem(last=False)
 
-    def raw_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """The stored bytes of every entry under `prefix` in the partitions held here, for
-        scans that can skip most without parsing."""
-        return self.store.items(prefix)
+    def raw_items(self, prefix: bytes, partitions: set[int]) -> Iterator[tuple[bytes, bytes]]:
+        """The stored bytes of every entry under `prefix` in these partitions (the ones this
+        worker processes: not its standby copies), for scans that can skip most unparsed."""
+        return self.store.items(prefix, partitions)
 
     def apply(self, changes: Changes, parsed: Mapping[bytes, Any] | None = None) -> None:
         """Make a batch's changes what readers of this worker see (`parsed`: the values the

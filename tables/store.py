@@ -45,8 +45,8 @@ class Partitioned(Protocol):
     def write(self, partition: int, writes: Mapping[bytes, bytes | None], offset: int) -> None:
         """One partition's changes (None: delete), recorded at changelog `offset`."""
 
-    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Every entry whose key starts with `prefix`, of the partitions held here."""
+    def items(self, prefix: bytes, partitions: set[int]) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry whose key starts with `prefix`, of these partitions (of those held here)."""
 
 
 class _Budget:
@@ -116,8 +116,10 @@ class DiskStore(rocksdb.Store):
         batch.put(self.offset_key, str(offset).encode())
         db.write(batch)
 
-    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for db in list(self._dbs.values()):
+    def items(self, prefix: bytes, partitions: set[int]) -> Iterator[tuple[bytes, bytes]]:
+        for partition, db in list(self._dbs.items()):
+            if partition not in partitions:
+                continue
             for key, value in db.items(from_key=prefix):
                 if not key.startswith(prefix):
                     break
@@ -165,8 +167,10 @@ class MemoryStore(memory.Store):
         for key, value in writes.items():
             self._apply(partition, key, value)
 
-    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for part in list(self.parts.values()):
+    def items(self, prefix: bytes, partitions: set[int]) -> Iterator[tuple[bytes, bytes]]:
+        for partition, part in list(self.parts.items()):
+            if partition not in partitions:
+                continue
             for key, value in list(part.items()):
                 if key.startswith(prefix):
                     yield key, value

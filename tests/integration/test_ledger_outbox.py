@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
+import asyncpg
 import pytest
 
 from harness.postgres import EmbeddedPostgres
@@ -199,3 +200,21 @@ async def test_the_relay_survives_a_server_restart(
         await running
     assert_in_order_per_key(publish.rows)
     assert "outbox listener lost" in caplog.text
+
+
+async def test_published_rows_past_the_retention_are_pruned_and_unpublished_ones_never(
+    store: LedgerStore, database_url: str
+) -> None:
+    published = await write_events(store, 7, 4)
+    await store.mark_published(published[:3])
+    pool = await asyncpg.connect(database_url)
+    try:  # two of the published rows were published an hour ago
+        await pool.execute("UPDATE outbox SET published_at = now() - interval '1 hour' "
+                           "WHERE event_id = ANY($1)", published[:2])
+        assert await store.prune_outbox(older_than_seconds=600) == 2
+        rows = await pool.fetch("SELECT event_id FROM outbox WHERE event_id = ANY($1)", published)
+        left = {row["event_id"] for row in rows}
+    finally:
+        await pool.close()
+    assert left == set(published[2:])  # the recent one, and the unpublished one
+    assert await store.prune_outbox(older_than_seconds=0) == 1  # the unpublished one stays

@@ -436,7 +436,7 @@ def test_a_funding_the_ledger_has_from_another_command_is_answered_from_the_outb
         fundings={event.transaction_id: StoredEntry("fp-500", Origin("fintech.accounts.commands", 0, 1))}
     )
     effects = handle(state, funding(), facts=facts)
-    assert effects.republish == [event.event_id] and effects.entries == []
+    assert [answer.event_id for answer in effects.republish] == [event.event_id] and effects.entries == []
     assert state.accounts["alice"].posted == 500
 
 

@@ -37,8 +37,9 @@ class Parts:
                 part[key] = value
         self.offsets[partition] = offset
 
-    def items(self, prefix: bytes) -> Any:
-        return ((k, v) for part in self.parts.values() for k, v in part.items() if k.startswith(prefix))
+    def items(self, prefix: bytes, partitions: set[int]) -> Any:
+        return ((k, v) for p, part in self.parts.items() if p in partitions
+                for k, v in part.items() if k.startswith(prefix))
 
 
 class FakeTable:

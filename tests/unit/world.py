@@ -123,9 +123,9 @@ class World:
             view.keep_step()
         for entry, origin in effects.entries:
             self.ledger.setdefault(entry.transaction_id, (entry, origin))
-        for event_id in effects.republish:
+        for answer in effects.republish:
             self.published.extend(event for entry, _ in self.ledger.values() for event in self.outbox(entry)
-                                  if event.event_id == event_id)
+                                  if event.event_id == answer.event_id)
         self.send(effects.outputs)
         if crash_before_record:
             return
