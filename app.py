@@ -81,7 +81,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         producer_max_request_size=MESSAGE_SIZE_MAX_BYTES,
         producer_max_batch_size=RECORD_BATCH_MAX_BYTES,
         consumer_max_fetch_size=MESSAGE_SIZE_MAX_BYTES,
-        broker_max_poll_records=500,
+        broker_max_poll_records=250,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=0.5,
@@ -89,7 +89,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         consumer_group_instance_id=settings.group_instance_id,
         table_standby_replicas=settings.standby_replicas,
         TableManager="tables.manager:PromptTableManager",
-        stream_buffer_maxsize=32,  # events: each is a partition's records of one fetch
+        stream_buffer_maxsize=256,  # events: each is a partition's records of one fetch
     )
     deliver_in_batches(app, [PAYMENT_COMMANDS, ACCOUNT_COMMANDS, STEPS])
     metrics = Metrics(registry or CollectorRegistry())

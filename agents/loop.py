@@ -47,7 +47,7 @@ ItemT = TypeVar("ItemT")
 AGENT_CRASHED_EXIT_CODE = 70
 # Events per agent batch (an event is one partition's records of one fetch) and how long
 # to wait for more once one is in hand: a fetch hands over all its partitions at once.
-BATCH_EVENTS_MAX = 16
+BATCH_EVENTS_MAX = 8
 BATCH_WITHIN_SECONDS = 0.002
 
 

@@ -27,7 +27,14 @@
    changelog partition reads that last batch and answers one past its last record
    (Apache Kafka's answer, which it gives anyway).
 
-4. Paced fetches. A fetch waits until FETCH_MIN_BYTES are there or the fetch wait has
+4. Bounded reading ahead. A batched partition with BATCHES_IN_HAND_MAX batches delivered
+   and not yet acknowledged is left out of the next fetches until the loop acknowledges
+   one, so a backlog waits at the broker, not in the worker's memory. Faust's own flow
+   control (pausing a partition when the stream's buffer fills) stays as the last
+   resort: its resume can be missed, which stalls the partition until the monitor reads
+   it again (agents/monitor.py); with this bound the buffer never fills.
+
+5. Paced fetches. A fetch waits until FETCH_MIN_BYTES are there or the fetch wait has
    passed (PAYMENTS_CONSUMER_FETCH_WAIT_MS; Faust hard-codes 1,500 ms, and the embedded
    broker answers an empty fetch only at the end of the wait, adding the whole wait to
    every hop). With Faust's minimum of one byte, a consumer whose partitions receive a
@@ -63,6 +70,10 @@ FETCH_MIN_BYTES = 1024 * 1024
 # offsets do not exist (a topic written with Kafka transactions has control records).
 REAL_GAP_AFTER_FETCHES = 3
 CHANGELOG_SUFFIX = "-changelog"
+# Per batched partition (4.): a batch is a fetch's records of the partition, at most
+# `broker_max_poll_records` (app.py), so this bounds what a worker holds of a backlog.
+BATCHES_IN_HAND_MAX = 4
+HELD_BACK_WAIT_SECONDS = 0.002  # every partition held back: the fetch loop waits, not spins
 END_PROBE_TIMEOUT_SECONDS = 5.0
 
 
@@ -148,6 +159,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._delivered: dict[TP, deque[int]] = {}
         self._runs: dict[TP, Run] = {}  # the current stretch of delivery, per batched partition
         self._sequence: dict[TP, int] = {}  # batches delivered in it
+        self._in_hand: dict[TP, int] = {}  # batches of the current run delivered, not yet acked
         self._run_numbers = itertools.count(1)
 
     @property
@@ -186,6 +198,7 @@ class Consumer(faust_aiokafka.Consumer):
             if not run:
                 continue
             if tp.topic in batched:
+                self._in_hand[tp] = self._in_hand.get(tp, 0) + 1
                 self._delivered.setdefault(tp, deque()).append(run[-1].offset)
                 self._sequence[tp] = seq = self._sequence.get(tp, 0) + 1
                 yield tp, RecordBatchMessage(tp, run, generation_id, self._runs.get(tp), seq)
@@ -248,7 +261,19 @@ class Consumer(faust_aiokafka.Consumer):
         log.warning("%s has no offsets %d..%d: delivering from %d", tp, expected, offset - 1, offset)
         return True
 
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Faust's, without the partitions that have enough in hand (4.)."""
+        if active_partitions:
+            held_back = {tp for tp in active_partitions if self._in_hand.get(tp, 0) >= BATCHES_IN_HAND_MAX}
+            if held_back:
+                active_partitions = active_partitions - held_back
+                if not active_partitions:
+                    await asyncio.sleep(HELD_BACK_WAIT_SECONDS)
+                    return {}
+        return await super()._getmany(active_partitions, timeout)
+
     def _forget(self, tp: TP) -> None:
+        self._in_hand.pop(tp, None)
         self._expected.pop(tp, None)
         self._jumps.pop(tp, None)
         self._delivered.pop(tp, None)
@@ -277,6 +302,8 @@ class Consumer(faust_aiokafka.Consumer):
                 self._unacked_messages.discard(message)
                 notify(self._waiting_for_ack)
             return False
+        if isinstance(message, RecordBatchMessage) and not message.acked and self._in_hand.get(message.tp):
+            self._in_hand[message.tp] -= 1
         return bool(super().ack(message))
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
