@@ -266,6 +266,18 @@ def test_every_worker_reaches_kafka_and_postgres_by_service_name(
         assert env["PAYMENTS_DATA_DIR"] in [target for _, target in mounts(worker)], name
 
 
+def test_every_worker_has_a_group_name_and_a_data_volume_of_its_own(
+    workers: dict[str, dict[str, Any]],
+) -> None:
+    """Static membership (PAYMENTS_INSTANCE_ID) and the tables' RocksDB files: two workers
+    sharing either would fence each other out of the group, or fail to open the store."""
+    names = [environment(worker).get("PAYMENTS_INSTANCE_ID") for worker in workers.values()]
+    assert all(names) and len(set(names)) == len(names), names
+    volumes = [source for worker in workers.values() for source, target in mounts(worker)
+               if target == environment(worker)["PAYMENTS_DATA_DIR"]]
+    assert len(set(volumes)) == len(workers), volumes
+
+
 def test_every_worker_has_a_healthcheck_on_healthz(
     workers: dict[str, dict[str, Any]],
 ) -> None:
