@@ -67,7 +67,7 @@ class Intake:
             fingerprint = command.fingerprint()
             if isinstance(command, RequestPayment | RefundPayment):
                 key = command.idempotency_key.encode()
-                first = registered.get(key) or self.keys.get(key)
+                first = registered.get(key) or self.keys.get(key, delivery.at.partition)
                 use = screen_key(first, command, fingerprint, delivery.at)
                 if isinstance(use, CommandRejected):
                     self.metrics.rejected(command.type, RejectionReason.IDEMPOTENCY_CONFLICT)

@@ -254,7 +254,7 @@ class Owner:
         if published:
             await (await self.store()).mark_published(published)
         for payment in effects.calls:
-            current = view.payment(payment.payment_id)
+            current = view.payment(payment.payment_id, self.calls.home_partition(payment))
             if current is not None and current.psp == "in_flight":
                 await self.calls.start(current)
         for payment_id in effects.voids:

@@ -148,6 +148,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+def enough_in_hand(partitions: set[TP], in_hand: Mapping[TP, int], limit: int = BATCHES_IN_HAND_MAX
+                   ) -> set[TP]:
+    """The partitions not to fetch now: those with `limit` batches delivered and not yet
+    acknowledged (4.)."""
+    return {tp for tp in partitions if in_hand.get(tp, 0) >= limit}
+
+
 class Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -264,7 +271,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         """Faust's, without the partitions that have enough in hand (4.)."""
         if active_partitions:
-            held_back = {tp for tp in active_partitions if self._in_hand.get(tp, 0) >= BATCHES_IN_HAND_MAX}
+            held_back = enough_in_hand(active_partitions, self._in_hand)
             if held_back:
                 active_partitions = active_partitions - held_back
                 if not active_partitions:

@@ -97,7 +97,9 @@ class State(Protocol):
     """The owner's state, as a batch in progress sees it (its own changes first)."""
 
     def account(self, account_id: str) -> Account | None: ...
-    def payment(self, payment_id: str) -> Payment | None: ...
+    def payment(self, payment_id: str, home: int) -> Payment | None:
+        """The payment's record, at its home partition (a step about a payment is taken
+        at its home: the partition it arrived at)."""
     def home(self, payment_id: str) -> str | None: ...
     def tracking(self, partition: int) -> Tracking: ...
     def set_account(self, partition: int, account: Account) -> None: ...
@@ -421,7 +423,7 @@ def on_submitted(
     state: State, step: PaymentSubmitted, at: Origin, facts: Facts, limits: Limits, effects: Effects
 ) -> None:
     request, partition = step.request, at.partition
-    record = state.payment(step.payment_id)
+    record = state.payment(step.payment_id, at.partition)
     if record is not None:
         if record.fingerprint != step.fingerprint:
             detail = f"idempotency key {request.idempotency_key!r} was used before with a different payload"
@@ -482,7 +484,7 @@ def on_answer(state: State, step: PspAnswered, at: Origin, effects: Effects) -> 
     already released, must not move money: it is voided at the provider. A give-up is
     voided once it is the recorded outcome, never after another call's approval."""
     partition = at.partition
-    record = state.payment(step.payment_id)
+    record = state.payment(step.payment_id, at.partition)
     if record is None:
         effects.notes.append(
             Note(
@@ -630,7 +632,7 @@ def on_refund_requested(state: State, step: RefundRequested, at: Origin, effects
 
 
 def on_refund_submitted(state: State, step: RefundSubmitted, at: Origin, effects: Effects) -> None:
-    record = state.payment(step.payment_id)
+    record = state.payment(step.payment_id, at.partition)
     known = record.refunds.get(step.refund_key) if record is not None else None
     if known is not None:
         if known.fingerprint != step.fingerprint:
@@ -732,7 +734,7 @@ def on_post_refund(state: State, step: PostRefund, at: Origin, effects: Effects)
 
 
 def on_refund_posted(state: State, step: RefundPosted, at: Origin, effects: Effects) -> None:
-    record = state.payment(step.payment_id)
+    record = state.payment(step.payment_id, at.partition)
     debtor = state.account(record.request.debtor_account_id) if record is not None else None
     if record is None or debtor is None:
         raise UnknownAccount(f"refund of payment {step.payment_id}, which this partition does not hold")
@@ -757,7 +759,7 @@ def on_refund_posted(state: State, step: RefundPosted, at: Origin, effects: Effe
 
 
 def on_refund_failed(state: State, step: RefundStepFailed, at: Origin, effects: Effects) -> None:
-    record = state.payment(step.payment_id)
+    record = state.payment(step.payment_id, at.partition)
     refund = record.refunds.get(step.refund_key) if record is not None else None
     if record is None or refund is None or refund.status != "pending":
         return

@@ -96,18 +96,18 @@ class OwnerView:
         self._batch: dict[bytes, tuple[int, Value]] = {}
         self._step: dict[bytes, tuple[int, Value]] = {}
 
-    def _get(self, key: bytes) -> Any:
+    def _get(self, key: bytes, partition: int | None = None) -> Any:
         if key in self._step:
             return self._step[key][1]
         if key in self._batch:
             return self._batch[key][1]
-        return self._table.get(key)
+        return self._table.get(key, partition)
 
     def account(self, account_id: str) -> Account | None:
         return self._get(account_key(account_id))  # type: ignore[no-any-return]
 
-    def payment(self, payment_id: str) -> Payment | None:
-        return self._get(payment_key(payment_id))  # type: ignore[no-any-return]
+    def payment(self, payment_id: str, home: int) -> Payment | None:
+        return self._get(payment_key(payment_id), home)  # type: ignore[no-any-return]
 
     def home(self, payment_id: str) -> str | None:
         return self._get(home_key(payment_id))  # type: ignore[no-any-return]

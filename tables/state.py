@@ -73,18 +73,23 @@ class StateTable(Generic[ValueT]):
     def store(self) -> Partitioned:
         return self.table.data  # type: ignore[return-value]  # tables/store.py, by the app's store URL
 
-    def stored(self, key: bytes) -> bytes | None:
+    def stored(self, key: bytes, partition: int | None = None) -> bytes | None:
         if key in self._unrecorded:
             return self._unrecorded[key]
-        partition = self._locate(key)
+        if partition is None:
+            partition = self._locate(key)
+        # Looked up everywhere only off the hot path (the HTTP views): a key absent from a
+        # partition can still cost a disk read there once its filter blocks left the cache.
         return self.store.find(key) if partition is None else self.store.get(partition, key)
 
-    def get(self, key: bytes) -> ValueT | None:
+    def get(self, key: bytes, partition: int | None = None) -> ValueT | None:
+        """The key's value; `partition`: where it lives, when the caller knows and its key
+        does not say (else its locator's answer, else every partition held here)."""
         parsed = self._parsed.get(key)
         if parsed is not None:
             self._parsed.move_to_end(key)
             return parsed
-        raw = self.stored(key)
+        raw = self.stored(key, partition)
         if raw is None:
             return None
         value = self._decode(key, raw)

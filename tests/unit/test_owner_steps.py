@@ -46,6 +46,7 @@ class DictState:
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
         self.payments: dict[str, Payment] = {}
+        self.payment_homes: dict[str, int] = {}
         self.homes: dict[str, str] = {}
         self.trackings: dict[int, Tracking] = {}
         self.written: list[tuple[int, str]] = []
@@ -53,8 +54,11 @@ class DictState:
     def account(self, account_id: str) -> Account | None:
         return self.accounts.get(account_id)
 
-    def payment(self, payment_id: str) -> Payment | None:
-        return self.payments.get(payment_id)
+    def payment(self, payment_id: str, home: int) -> Payment | None:
+        """As the store answers: only at the partition the record was written at (a record
+        the test put in directly counts as at its home)."""
+        written = self.payment_homes.get(payment_id, home)
+        return self.payments.get(payment_id) if written == home else None
 
     def home(self, payment_id: str) -> str | None:
         return self.homes.get(payment_id)
@@ -68,6 +72,7 @@ class DictState:
 
     def set_payment(self, partition: int, payment: Payment) -> None:
         self.payments[payment.payment_id] = payment
+        self.payment_homes[payment.payment_id] = partition
         self.written.append((partition, payment.payment_id))
 
     def set_home(self, partition: int, payment_id: str, home: str) -> None:

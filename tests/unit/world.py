@@ -40,13 +40,26 @@ def partition_of(key: str) -> int:
 
 
 class EncodedTable:
-    """What OwnerView asks of a StateTable: values stored as bytes, decoded on read."""
+    """What OwnerView asks of a StateTable: values stored as bytes by partition, decoded on
+    read, and read only where the reader says they live (as the disk store does)."""
 
     def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
+        self.parts: dict[int, dict[bytes, bytes]] = {}
+        self.locate = owners_table.locator(PARTITIONS)
 
-    def get(self, key: bytes) -> Any:
-        raw = self.data.get(key)
+    def write(self, partition: int, writes: dict[bytes, bytes]) -> None:
+        self.parts.setdefault(partition, {}).update(writes)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return [item for part in self.parts.values() for item in part.items()]
+
+    def get(self, key: bytes, partition: int | None = None) -> Any:
+        if partition is None:
+            partition = self.locate(key)
+        if partition is None:  # where only the HTTP views look: everywhere
+            raw = next((part[key] for part in self.parts.values() if key in part), None)
+        else:
+            raw = self.parts.get(partition, {}).get(key)
         return None if raw is None else owners_table.decode(key, raw)
 
 
@@ -130,8 +143,8 @@ class World:
         if crash_before_record:
             return
         changes, _ = view.changes()
-        for writes in changes.values():
-            self.table.data.update(writes)
+        for partition, writes in changes.items():
+            self.table.write(partition, writes)  # type: ignore[arg-type]
         self.read[partition] = start + min(len(log) - start, messages_max)
         for payment in effects.calls:
             current = self.payment(payment.payment_id)
@@ -141,7 +154,7 @@ class World:
     def facts(self, steps: list[Any]) -> Facts:
         """What the owner agent looks up in PostgreSQL: every account opened, the fundings."""
         creditors = {}
-        for key, raw in self.table.data.items():
+        for key, raw in self.table.items():
             if key.startswith(owners_table.ACCOUNT):
                 account = owners_table.decode(key, raw)
                 creditors[account.account_id] = CreditorFacts(account.account_id, account.currency,  # type: ignore[union-attr]
