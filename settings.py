@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,9 +30,12 @@ class Settings:
     # restarts read only the changelog written since) or "memory" (rebuilt at every start).
     table_store: str = "disk"
     # The worker's name in the consumer group, the same across its restarts (static
-    # membership): a worker killed and started again takes its partitions back at once
-    # instead of waiting for the group to give up on its old self. None: derived from
-    # the host and the data directory, which two workers never share (tables/store.py).
+    # membership): a worker killed and started again under it takes its partitions back
+    # at once instead of waiting for the group to give up on its old self. Unique per
+    # worker. None: a dynamic member. Opt-in, because a static member that never comes
+    # back is given up on only by a broker that evicts it after its session timeout, as
+    # Apache Kafka does; the embedded broker (tansu 0.6.0) keeps it in the group, with
+    # its partitions, for as long as every other member is static too.
     instance_id: str | None = None
     # How long a published outbox row is kept (agents/relay.py); 0: for ever. The ledger's
     # entries are kept for ever whatever this says, and so are the tables' records.
@@ -43,13 +44,6 @@ class Settings:
     # so that a partition moving there (a worker stopped, killed, added) is processing
     # again after reading only what it missed, not the whole partition.
     standby_replicas: int = 1
-
-    @property
-    def group_instance_id(self) -> str:
-        if self.instance_id:
-            return self.instance_id
-        place = str(self.data_dir.resolve())
-        return f"{socket.gethostname()}-{hashlib.sha256(place.encode()).hexdigest()[:12]}"
 
     def with_infrastructure(self, kafka_bootstrap: str, database_url: str) -> Settings:
         return replace(self, kafka_bootstrap=kafka_bootstrap, database_url=database_url)

@@ -1,7 +1,7 @@
 """`payments bench --history 10000,100000`: what a worker's state costs after N payments.
 
-One worker, uniform traffic. Payments are published at saturation until the history
-reaches each point; there the worker idles, its resident memory and its store on disk
+One worker (a static group member, PAYMENTS_INSTANCE_ID), uniform traffic. Payments are
+published at saturation until the history reaches each point; there the worker idles, its resident memory and its store on disk
 are read, and it is killed (-9) and started again with its data directory, timing
 - start -> healthy (its partitions assigned), and
 - start -> processing: a payment published at the start reaches its outcome;
@@ -158,9 +158,12 @@ async def measure(bootstrap: str, server_url: str, workdir: Path, points: Sequen
     database_url = await create_database(server_url, prefix="bench_history")
     await ensure_topics(bootstrap, service_topics(partitions))
     await migrate(database_url)
-    worker = WorkerProcess(bootstrap, database_url, workdir, partitions=partitions)
-    await asyncio.to_thread(worker.start)
     run_id = uuid.uuid4().hex[:8]
+    # Restarted as itself: a static member (settings.py, instance_id), as a deployment
+    # with stable worker names runs it.
+    worker = WorkerProcess(bootstrap, database_url, workdir, partitions=partitions,
+                           extra_env={"PAYMENTS_INSTANCE_ID": f"history-{run_id}"})
+    await asyncio.to_thread(worker.start)
     accounts = account_ids(f"history-{run_id}", ACCOUNTS)
     driver = await ServiceDriver(bootstrap, topics=(AccountOpened.topic, AccountFunded.topic)).start()
     try:
