@@ -1,8 +1,9 @@
 """`payments bench --history 10000,100000`: what a worker's state costs after N payments.
 
 One worker (a static group member, PAYMENTS_INSTANCE_ID), uniform traffic. Payments are
-published at saturation until the history reaches each point; there the worker idles, its resident memory and its store on disk
-are read, and it is killed (-9) and started again with its data directory, timing
+published at saturation until the history reaches each point; there the worker idles,
+its resident memory and its store on disk are read, and it is killed (-9) and started
+again with its data directory, timing
 - start -> healthy (its partitions assigned), and
 - start -> processing: a payment published at the start reaches its outcome;
 then the memory after the restart. The points are the payments the service has ever
