@@ -49,7 +49,6 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,10 +74,6 @@ CHANGELOG_SUFFIX = "-changelog"
 # `broker_max_poll_records` (app.py), so this bounds what a worker holds of a backlog.
 BATCHES_IN_HAND_MAX = 4
 HELD_BACK_WAIT_SECONDS = 0.002  # every partition held back: the fetch loop waits, not spins
-# A partition held back this long with no acknowledgement is fetched again: Faust's drain
-# loop can drop a delivered batch without acking it (a stale read offset after a seek),
-# and then only a batch delivered after it shows the loop the hole (agents/loop.py).
-HELD_BACK_MAX_SECONDS = 1.0
 END_PROBE_TIMEOUT_SECONDS = 5.0
 
 
@@ -153,18 +148,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-def enough_in_hand(partitions: set[TP], in_hand: Mapping[TP, int], held_since: dict[TP, float], now: float,
-                   limit: int = BATCHES_IN_HAND_MAX) -> set[TP]:
+def enough_in_hand(partitions: set[TP], in_hand: Mapping[TP, int], limit: int = BATCHES_IN_HAND_MAX
+                   ) -> set[TP]:
     """The partitions not to fetch now: those with `limit` batches delivered and not yet
-    acknowledged (4.), for HELD_BACK_MAX_SECONDS at most; `held_since` (updated) says since
-    when each was held back."""
-    held = set()
-    for tp in partitions:
-        if in_hand.get(tp, 0) < limit:
-            held_since.pop(tp, None)
-        elif now - held_since.setdefault(tp, now) < HELD_BACK_MAX_SECONDS:
-            held.add(tp)
-    return held
+    acknowledged (4.)."""
+    return {tp for tp in partitions if in_hand.get(tp, 0) >= limit}
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -179,7 +167,6 @@ class Consumer(faust_aiokafka.Consumer):
         self._runs: dict[TP, Run] = {}  # the current stretch of delivery, per batched partition
         self._sequence: dict[TP, int] = {}  # batches delivered in it
         self._in_hand: dict[TP, int] = {}  # batches of the current run delivered, not yet acked
-        self._held_since: dict[TP, float] = {}
         self._run_numbers = itertools.count(1)
 
     @property
@@ -284,7 +271,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         """Faust's, without the partitions that have enough in hand (4.)."""
         if active_partitions:
-            held_back = enough_in_hand(active_partitions, self._in_hand, self._held_since, time.monotonic())
+            held_back = enough_in_hand(active_partitions, self._in_hand)
             if held_back:
                 active_partitions = active_partitions - held_back
                 if not active_partitions:
@@ -294,7 +281,6 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _forget(self, tp: TP) -> None:
         self._in_hand.pop(tp, None)
-        self._held_since.pop(tp, None)
         self._expected.pop(tp, None)
         self._jumps.pop(tp, None)
         self._delivered.pop(tp, None)
