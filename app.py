@@ -89,7 +89,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         consumer_group_instance_id=settings.instance_id,
         table_standby_replicas=settings.standby_replicas,
         TableManager="tables.manager:PromptTableManager",
-        stream_buffer_maxsize=256,  # events: each is a partition's records of one fetch
+        # Events (each a partition's records of one fetch): room for every batched partition's
+        # batches in hand (infra/kafka_transport.py, 4.) below Faust's pressure mark (/1.25),
+        # so its pause, whose resume can be missed, does not trigger.
+        stream_buffer_maxsize=max(256, 16 * partitions),
     )
     deliver_in_batches(app, [PAYMENT_COMMANDS, ACCOUNT_COMMANDS, STEPS])
     metrics = Metrics(registry or CollectorRegistry())
