@@ -157,7 +157,7 @@ def _install_calls(app: faust.App, calls: Calls, owners: StateTable[owners_table
                 await asyncio.sleep(CHECK_INTERVAL_SECONDS)
                 if app.rebalancing:  # assignment and table state are changing: wait for the end
                     continue
-                held = {tp.partition for tp in app.consumer.assignment() if tp.topic == STEPS}
+                held = monitor.steps_held(app)
                 if calls.rescan_due or held != held_before:  # the latter: should a callback be missed
                     calls.rescan(held, owners.raw_items(owners_table.PAYMENT, held))
                     held_before = held

@@ -121,6 +121,11 @@ async def watch_partition(consumer: ConsumerT, tp: TP, end: int | None, now: flo
     return lag
 
 
+def steps_held(app: faust.App) -> set[int]:
+    """The partitions of the steps topic this worker processes: the homes it holds."""
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == STEPS}
+
+
 def holds_in(table: StateTable[Value], held: set[int]) -> int:
     """The holds of the accounts of the partitions `held` here; those holding nothing are not parsed."""
     holds = 0
@@ -159,5 +164,4 @@ def install(app: faust.App, metrics: Metrics, owners: StateTable[Value]) -> None
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:
-        held = {tp.partition for tp in app.consumer.assignment() if tp.topic == STEPS}
-        metrics.reservations_in_flight.set(holds_in(owners, held))
+        metrics.reservations_in_flight.set(holds_in(owners, steps_held(app)))

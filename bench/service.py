@@ -178,18 +178,24 @@ class ThroughputRun:
 
 
 async def records_written(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
-    """Records in each topic so far: its partitions' end offsets (the broker's reported ones
-    corrected as table recovery corrects them, infra/kafka_transport.py)."""
+    """Records in each topic so far, with a consumer of its own (see `records_in`)."""
     if not topics:
         return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, partition) for topic in topics
-                      for partition in sorted(consumer.partitions_for_topic(topic) or ())]
-        reported = await consumer.end_offsets(partitions) if partitions else {}
+        return await records_in(consumer, bootstrap, topics)
     finally:
         await consumer.stop()
+
+
+async def records_in(consumer: AIOKafkaConsumer, bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """Records in each topic so far: its partitions' end offsets (the broker's reported ones
+    corrected as table recovery corrects them, infra/kafka_transport.py), asked by a
+    started `consumer`."""
+    partitions = [TopicPartition(topic, partition) for topic in topics
+                  for partition in sorted(consumer.partitions_for_topic(topic) or ())]
+    reported = await consumer.end_offsets(partitions) if partitions else {}
     ends = await true_end_offsets(bootstrap, {tp: end for tp, end in reported.items() if end})
     return {topic: sum(end for tp, end in ends.items() if tp.topic == topic) for topic in topics}
 

@@ -24,6 +24,13 @@ OUTBOUND_TOPICS = [event.topic for event in PUBLIC_EVENTS] + [DEAD_LETTER]
 OUTCOME_TOPICS = (PaymentCaptured.topic, PaymentFailed.topic)
 
 
+def payment_command(key: str, debtor: str, creditor: str, amount: int, currency: str = "USD",
+                    **extra: Any) -> dict[str, Any]:
+    """A RequestPayment as upstream publishes it (CONTRACT.md)."""
+    return {"type": "RequestPayment", "idempotency_key": key, "debtor_account_id": debtor,
+            "creditor_account_id": creditor, "amount": amount, "currency": currency, **extra}
+
+
 @dataclass
 class Received:
     topic: str
@@ -124,9 +131,8 @@ class ServiceDriver:
 
     async def pay(self, key: str, debtor: str, creditor: str, amount: int, currency: str = "USD",
                   **extra: Any) -> None:
-        await self.send(PAYMENT_COMMANDS, key, {
-            "type": "RequestPayment", "idempotency_key": key, "debtor_account_id": debtor,
-            "creditor_account_id": creditor, "amount": amount, "currency": currency, **extra})
+        await self.send(PAYMENT_COMMANDS, key,
+                        payment_command(key, debtor, creditor, amount, currency, **extra))
 
     async def refund(self, key: str, payment_id: str, amount: int | None = None) -> None:
         body: dict[str, Any] = {"type": "RefundPayment", "idempotency_key": key, "payment_id": payment_id}

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import rocksdict
 from faust.stores import memory, rocksdb
-from faust.types import TP, EventT
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,3 @@ class MemoryStore(memory.Store):
                 if key.startswith(prefix):
                     yield key, value
 
-
-def _unused(event: EventT) -> None:  # pragma: no cover - keeps the import for typing
-    del event
