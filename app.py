@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import faust
 from prometheus_client import CollectorRegistry
 
-from agents import loop, monitor, relay, web
+from agents import loop, monitor, projection, relay
 from agents.intake import Intake, decode_key_use
 from agents.outlet import Outlet
 from agents.owner import Owner
 from agents.psp import CHECK_INTERVAL_SECONDS, Calls
+from api import views
+from api.gate import Gate
 from infra.kafka_transport import deliver_in_batches
 from infra.metrics import Metrics
 from infra.producer import Producers, partition_for
@@ -68,9 +70,14 @@ class Ledger:
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> faust.App:
     bootstrap, database_url = settings.require_infrastructure()
     partitions = settings.partitions
+    ledger = Ledger(database_url)
+    gate = Gate(ledger, settings.api_rate_per_second, settings.api_rate_burst)
     app = faust.App(
         APP_ID,
         broker=[f"payments-kafka://{server}" for server in bootstrap.split(",")],
+        # TLS and SASL (PAYMENTS_KAFKA_*): every consumer, producer and admin client Faust
+        # makes reads them, so do the producers and probes built from Faust's (infra/).
+        broker_credentials=settings.kafka_credentials(),
         store=f"payments-{settings.table_store}://",
         topic_partitions=partitions,
         topic_disable_leader=True,
@@ -93,6 +100,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         # batches in hand (infra/kafka_transport.py, 4.) below Faust's pressure mark (/1.25),
         # so its pause, whose resume can be missed, does not trigger.
         stream_buffer_maxsize=max(256, 16 * partitions),
+        web_application_options={"middlewares": [gate.middleware]},
     )
     deliver_in_batches(app, [PAYMENT_COMMANDS, ACCOUNT_COMMANDS, STEPS])
     metrics = Metrics(registry or CollectorRegistry())
@@ -105,7 +113,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     def outlet(part: str) -> Outlet:
         return Outlet(producers.of(part), partitions)
 
-    ledger = Ledger(database_url)
     owners: StateTable[owners_table.Value] = StateTable(
         app, "owners", partitions, owners_table.decode, producers.of("owner"),
         owners_table.locator(partitions))
@@ -125,7 +132,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     _install_calls(app, calls, owners)
     relay.install(app, database_url, outlet("relay"), ledger, metrics, settings.outbox_retention_hours)
     monitor.install(app, metrics, owners)
-    web.install(app, web.Web(app, owners, keys, outlet("web"), ledger, metrics))
+    projection.install(app, ledger, metrics)
+    views.install(app, views.Api(app, owners, keys, outlet("web").send_messages, ledger, metrics, gate))
+
+    @app.task
+    async def keep_api_keys_fresh() -> None:
+        await gate.keep_fresh()
 
     @app.task
     async def start_producers() -> None:

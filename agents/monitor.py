@@ -28,12 +28,14 @@ from faust.types.transports import ConsumerT
 
 from infra.metrics import Metrics
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS
+from models import payment_view
 from tables.owners import ACCOUNT, Value
 from tables.state import StateTable
 
 log = logging.getLogger(__name__)
 
-WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS})
+# The batched topics (infra/kafka_transport.py): the owner's loop's, and the payments' view's.
+WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS, *payment_view.TOPICS})
 # In the stored JSON of every account that holds nothing: most of them, at any moment.
 NO_HOLDS_MARK = b'"holds":{}'
 

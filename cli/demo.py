@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness.api_keys import new_key
 from harness.driver import ServiceDriver
 from harness.embedded import infrastructure
 from harness.worker_process import WorkerProcess
@@ -35,24 +36,27 @@ def run_demo(settings: Settings, *, payments: int, accounts: int, seed: int) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="demo-", dir=settings.data_dir))
     with infrastructure(settings, workdir, say=console.print) as (bootstrap, database_url):
-        asyncio.run(_prepare(bootstrap, database_url, settings.partitions))
+        api_key = asyncio.run(_prepare(bootstrap, database_url, settings.partitions))
         worker = WorkerProcess(bootstrap, database_url, workdir, partitions=settings.partitions)
         console.print(f"starting a worker (log: {worker.log}) ...")
         try:
             worker.start()
             workload = plan(seed, accounts, payments, risk_max_amount=settings.risk_max_amount)
-            ok = asyncio.run(_drive(bootstrap, database_url, worker, workload))
+            ok = asyncio.run(_drive(bootstrap, database_url, worker, workload, api_key))
         finally:
             worker.stop()
     return 0 if ok else 1
 
 
-async def _prepare(bootstrap: str, database_url: str, partitions: int) -> None:
+async def _prepare(bootstrap: str, database_url: str, partitions: int) -> str:
+    """Topics, schema, and the demo's own API key (read-only: it only looks)."""
     await ensure_topics(bootstrap, service_topics(partitions))
     await migrate(database_url)
+    return await new_key(database_url, f"demo-{time.time_ns()}", ["accounts:read", "payments:read"])
 
 
-async def _drive(bootstrap: str, database_url: str, worker: WorkerProcess, workload: Workload) -> bool:
+async def _drive(bootstrap: str, database_url: str, worker: WorkerProcess, workload: Workload,
+                 api_key: str) -> bool:
     driver = await ServiceDriver(bootstrap).start()
     try:
         await _open_accounts(driver, workload)
@@ -63,7 +67,7 @@ async def _drive(bootstrap: str, database_url: str, worker: WorkerProcess, workl
         try:
             balanced = not await store.unbalanced_transactions()
             ledger_total = sum((await store.balances()).values())
-            matches = await _worker_matches_ledger(worker, store, workload)
+            matches = await _worker_matches_ledger(worker, store, workload, api_key)
         finally:
             await store.close()
         return _summarise(driver, workload, started, finished, refunds, balanced, ledger_total, matches)
@@ -132,7 +136,8 @@ async def _misbehave(driver: ServiceDriver, workload: Workload) -> None:
                           and len(driver.events["fintech.deadletter"]) >= 1, what="rejections")
 
 
-async def _worker_matches_ledger(worker: WorkerProcess, store: LedgerStore, workload: Workload) -> bool:
+async def _worker_matches_ledger(worker: WorkerProcess, store: LedgerStore, workload: Workload,
+                                 api_key: str) -> bool:
     """The balances the worker holds equal the ledger's sums (postings settle asynchronously)."""
     import urllib.request
 
@@ -143,8 +148,9 @@ async def _worker_matches_ledger(worker: WorkerProcess, store: LedgerStore, work
         ledger = await store.balances()
         mismatched = []
         for account in workload.accounts:
-            url = f"{worker.url}/v1/accounts/{account.account_id}"
-            body = await asyncio.to_thread(lambda u=url: orjson.loads(urllib.request.urlopen(u).read()))
+            asked = urllib.request.Request(f"{worker.url}/v1/accounts/{account.account_id}",
+                                           headers={"Authorization": f"Bearer {api_key}"})
+            body = await asyncio.to_thread(lambda r=asked: orjson.loads(urllib.request.urlopen(r).read()))
             if body["posted"] != ledger.get(account.account_id, 0) or body["pending"] != 0:
                 mismatched.append(account.account_id)
         if not mismatched or time.monotonic() > deadline:

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from cli import api_keys
 from settings import Settings, SettingsError, load_settings
 
 
@@ -47,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="regression seed file (default: tests/chaos_regressions.json)")
     chaos.add_argument("--replay", action="store_true", help="run the seeds in the regression file")
     chaos.add_argument("--no-record", action="store_true", help="do not add failing seeds to the file")
-    asyncapi = commands.add_parser("asyncapi", help="write docs/asyncapi.yaml from the models")
-    asyncapi.add_argument("--check", action="store_true", help="exit 1 when the document is out of date")
+    api_keys.add_parser(commands)
+    for name, what in (("asyncapi", "docs/asyncapi.yaml (Kafka)"), ("openapi", "docs/openapi.json (HTTP)")):
+        document = commands.add_parser(name, help=f"write {what} from the models")
+        document.add_argument("--check", action="store_true", help="exit 1 when the document is out of date")
     args = parser.parse_args(argv)
-    if args.command == "asyncapi":
-        return _asyncapi(check_only=args.check)
+    if args.command in ("asyncapi", "openapi"):
+        return _document(args.command, check_only=args.check)
     try:
         settings = load_settings()
         return _run(args, settings)
@@ -80,7 +83,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "topics":
         from infra.topics import ensure_topics, service_topics
 
-        asyncio.run(ensure_topics(settings.require_broker(), service_topics(settings.partitions)))
+        asyncio.run(ensure_topics(settings.require_broker(), service_topics(settings.partitions),
+                                 settings.kafka_client_options()))
         print(f"topics ready with {settings.partitions} partitions")
         return 0
     if args.command == "demo":
@@ -93,6 +97,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return run_reconcile(settings, as_json=args.json, outbox_stuck_seconds=args.outbox_stuck_seconds)
     if args.command == "chaos":
         return _chaos(args, settings)
+    if args.command == "api-keys":
+        return api_keys.run(args, settings.require_database())
     if args.history:
         from bench.history import run_history
 
@@ -161,20 +167,23 @@ async def _rebuild_read_models(database_url: str) -> int:
         await store.close()
 
 
-def _asyncapi(*, check_only: bool) -> int:
+def _document(name: str, *, check_only: bool) -> int:
     """Needs no settings or broker: the document comes from the models alone."""
-    from infra import asyncapi
+    if name == "asyncapi":
+        from infra import asyncapi as document
+    else:
+        from api import openapi as document  # type: ignore[no-redef]
 
     if not check_only:
-        asyncapi.write(asyncapi.DOCUMENT_PATH)
-        print(f"wrote {asyncapi.DOCUMENT_PATH}")
+        document.write(document.DOCUMENT_PATH)
+        print(f"wrote {document.DOCUMENT_PATH}")
         return 0
-    differences = asyncapi.check(asyncapi.DOCUMENT_PATH)
-    for line in differences:
+    found = document.check(document.DOCUMENT_PATH)
+    for line in found:
         print(line)
-    if differences:
-        print("the document is out of date: run `payments asyncapi`", file=sys.stderr)
-    return 1 if differences else 0
+    if found:
+        print(f"the document is out of date: run `payments {name}`", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

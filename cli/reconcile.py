@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from infra.changelog import read_table
 from infra.topics import changelog_topic
@@ -22,13 +24,15 @@ from tables import owners
 
 
 async def reconcile(
-    bootstrap: str, database_url: str, *, outbox_stuck_seconds: float = 60.0, settle_seconds: float = 10.0
+    bootstrap: str, database_url: str, *, outbox_stuck_seconds: float = 60.0, settle_seconds: float = 10.0,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> Report:
+    """`kafka_options`: TLS and SASL (Settings.kafka_client_options); none for a plaintext broker."""
     store = await LedgerStore.connect(database_url)
     try:
         deadline = time.monotonic() + settle_seconds
         while True:
-            stored = await read_table(bootstrap, changelog_topic("owners"))
+            stored = await read_table(bootstrap, changelog_topic("owners"), kafka_options)
             states: list[Account] = [owners.decode(key, value) for key, value in stored.items()  # type: ignore[misc]
                                      if key.startswith(owners.ACCOUNT)]
             worker = {s.account_id: s.posted for s in states}
@@ -69,6 +73,7 @@ def render(report: Report) -> str:
 
 def run_reconcile(settings: Settings, *, as_json: bool, outbox_stuck_seconds: float) -> int:
     bootstrap, database_url = settings.require_infrastructure()
-    report = asyncio.run(reconcile(bootstrap, database_url, outbox_stuck_seconds=outbox_stuck_seconds))
+    report = asyncio.run(reconcile(bootstrap, database_url, outbox_stuck_seconds=outbox_stuck_seconds,
+                                   kafka_options=settings.kafka_client_options()))
     print(json.dumps(report.as_dict(), indent=2) if as_json else render(report))
     return 0 if report.clean else 1

@@ -19,7 +19,7 @@ def run_worker(settings: Settings) -> int:
     # uvloop's event loop costs the worker about a fifth less CPU than asyncio's own.
     mode.loop.use("uvloop")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_prepare(bootstrap, database_url, settings.partitions))
+    asyncio.run(_prepare(bootstrap, database_url, settings))
     from app import create_app
 
     app = create_app(settings)
@@ -29,6 +29,6 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
-async def _prepare(bootstrap: str, database_url: str, partitions: int) -> None:
-    await ensure_topics(bootstrap, service_topics(partitions))
+async def _prepare(bootstrap: str, database_url: str, settings: Settings) -> None:
+    await ensure_topics(bootstrap, service_topics(settings.partitions), settings.kafka_client_options())
     await migrate(database_url)

@@ -230,11 +230,11 @@ def check(path: Path = DOCUMENT_PATH) -> list[str]:
     committed, fresh = path.read_text(), render_yaml(build_document())
     if committed == fresh:
         return []
-    differences = _differences(yaml.safe_load(committed), yaml.safe_load(fresh), "")
-    return differences or [f"{path}: same content, different formatting"]
+    found = differences(yaml.safe_load(committed), yaml.safe_load(fresh), "")
+    return found or [f"{path}: same content, different formatting"]
 
 
-def _differences(committed: Any, fresh: Any, path: str) -> list[str]:
+def differences(committed: Any, fresh: Any, path: str) -> list[str]:
     """Paths (JSON-pointer style: topic names contain dots) where the two documents differ."""
     if isinstance(committed, dict) and isinstance(fresh, dict):
         found: list[str] = []
@@ -245,11 +245,11 @@ def _differences(committed: Any, fresh: Any, path: str) -> list[str]:
             elif key not in committed:
                 found.append(f"{where}: generated, missing from the committed document")
             else:
-                found += _differences(committed[key], fresh[key], where)
+                found += differences(committed[key], fresh[key], where)
         return found
     if isinstance(committed, list) and isinstance(fresh, list) and len(committed) == len(fresh):
         return [d for i, (c, f) in enumerate(zip(committed, fresh, strict=True))
-                for d in _differences(c, f, f"{path}/{i}")]
+                for d in differences(c, f, f"{path}/{i}")]
     return [] if committed == fresh else [f"{path or '/'}: committed {committed!r}, generated {fresh!r}"]
 
 

@@ -6,12 +6,18 @@ to the end offsets taken at the start. Used by `payments reconcile`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
-async def read_table(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+async def read_table(bootstrap: str, topic: str,
+                     client_options: Mapping[str, Any] | None = None) -> dict[bytes, bytes]:
+    """`client_options`: TLS and SASL (Settings.kafka_client_options); none for a plaintext broker."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=10, max_partition_fetch_bytes=16 * 1024 * 1024)
+                                fetch_max_wait_ms=10, max_partition_fetch_bytes=16 * 1024 * 1024,
+                                **(client_options or {}))
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -78,8 +78,20 @@ END_PROBE_TIMEOUT_SECONDS = 5.0
 
 
 def deliver_in_batches(app: AppT, topics: Iterable[str]) -> None:
-    """Have the consumer hand these topics' records to their streams in batches."""
-    app.batched_topics = frozenset(topics)  # type: ignore[attr-defined]
+    """Have the consumer hand these topics' records to their streams in batches (as well as
+    those named before: each agent names its own)."""
+    app.batched_topics = getattr(app, "batched_topics", frozenset()) | frozenset(topics)  # type: ignore[attr-defined]
+
+
+def withhold(consumer: Any, messages: Iterable[Message]) -> None:
+    """Never count these messages as done, whatever acks them next: a take() buffer acks
+    every event it handed out once it is closed, a stopping agent's mid-batch included, and
+    the final commit would then go past them. Marked acked without being counted, they keep
+    the committed offset before them, so they are delivered again."""
+    with ack_lock:
+        for message in messages:
+            message.acked = True
+            consumer._unacked_messages.discard(message)  # noqa: SLF001 - no public way
 
 
 def delivery_decision(offset: int, expected: int | None) -> str:
@@ -372,21 +384,29 @@ class Consumer(faust_aiokafka.Consumer):
         ends = dict(await super().highwaters(*partitions))
         changelogs = {tp: end for tp, end in ends.items() if tp.topic.endswith(CHANGELOG_SUFFIX) and end}
         if changelogs:
-            ends.update(await true_end_offsets(self._bootstrap_servers(), changelogs))
+            ends.update(await true_end_offsets(self._bootstrap_servers(), changelogs, self._auth_options()))
         return ends
 
     def _bootstrap_servers(self) -> list[str]:
         return [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
 
+    def _auth_options(self) -> Mapping[str, Any]:
+        """TLS and SASL as Faust's own clients have them (app.py, broker_credentials)."""
+        conf = self.app.conf
+        return faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
 
-async def true_end_offsets(bootstrap: list[str] | str, reported: Mapping[TP, int]) -> dict[TP, int]:
+
+async def true_end_offsets(bootstrap: list[str] | str, reported: Mapping[TP, int],
+                           client_options: Mapping[str, Any] | None = None) -> dict[TP, int]:
     """One past the last record of each partition, given the end offsets a broker reported:
-    the last record batch is read from `reported - 1` on (see the module docstring, 3)."""
+    the last record batch is read from `reported - 1` on (see the module docstring, 3).
+    `client_options`: TLS and SASL; none for a plaintext broker."""
     found = dict(reported)
     if not reported:
         return found
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             fetch_max_wait_ms=10, max_partition_fetch_bytes=16 * 1024 * 1024)
+                             fetch_max_wait_ms=10, max_partition_fetch_bytes=16 * 1024 * 1024,
+                             **(client_options or {}))
     await probe.start()
     try:
         # Every partition in the same fetches: a restarted worker asks this of each of its

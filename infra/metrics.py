@@ -118,6 +118,12 @@ class Metrics:
             "payments_reservations_in_flight", "Holds on this worker's accounts.", registry=registry
         )
         self.refunds = Counter("payments_refunds", "Refund outcomes.", ["outcome"], registry=registry)
+        self.view_events_skipped = Counter(
+            "payments_view_events_skipped",
+            "Messages of the payment event topics the payments' read model could not read (logged).",
+            ["topic"],
+            registry=registry,
+        )
 
     def dead_letter(self, topic: str, reason: str) -> None:
         self.dead_letters.labels(topic, reason).inc()

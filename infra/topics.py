@@ -7,7 +7,9 @@ So topics are created before any client touches them, and their counts are check
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -49,8 +51,11 @@ class TopicMismatch(RuntimeError):
     """A topic exists with another partition count than the service needs."""
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec],
+                        client_options: Mapping[str, Any] | None = None) -> None:
+    """`client_options`: TLS and SASL (Settings.kafka_client_options); none for a plaintext broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000,
+                                **(client_options or {}))
     await admin.start()
     try:
         existing = await _partition_counts(admin)

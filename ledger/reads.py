@@ -50,7 +50,9 @@ SELECT * FROM (
            sum(amount) OVER (ORDER BY posting_id)::numeric AS balance_after
     FROM postings WHERE account_id = $1
 ) AS history
-WHERE posting_id > $2 ORDER BY posting_id LIMIT $3
+WHERE posting_id > $2
+  AND ($4::timestamptz IS NULL OR posted_at >= $4) AND ($5::timestamptz IS NULL OR posted_at < $5)
+ORDER BY posting_id LIMIT $3
 """
 
 OUTBOX_BACKLOG = """
@@ -99,10 +101,12 @@ async def unbalanced_transactions(connection: asyncpg.Connection) -> list[UUID]:
 
 
 async def statement(
-    connection: asyncpg.Connection, account_id: str, after_posting_id: int, limit: int
+    connection: asyncpg.Connection, account_id: str, after_posting_id: int, limit: int,
+    since: datetime | None = None, until: datetime | None = None,
 ) -> list[StatementEntry]:
+    """A page of the account's entries, optionally those posted in [since, until)."""
     limit = max(1, min(limit, STATEMENT_LIMIT_MAX))
-    rows = await connection.fetch(STATEMENT, account_id, after_posting_id, limit)
+    rows = await connection.fetch(STATEMENT, account_id, after_posting_id, limit, since, until)
     return [
         StatementEntry(**{**dict(row), "balance_after": int(row["balance_after"])}) for row in rows
     ]

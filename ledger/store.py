@@ -11,18 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
 
-from ledger import accounts, journal, reads
+from ledger import accounts, api_keys, journal, payment_views, reads
 from ledger.accounts import AccountRow
 from ledger.outbox import OutboxRow, outbox_row
+from ledger.payment_views import PaymentSummary
 from ledger.reads import DailyBalance, StatementEntry
 from ledger.retry import with_retry
+from models.api_keys import ApiKey
 from models.ledger import JournalEntry, assert_balanced
 from models.owner import StoredEntry
+from models.payment_view import Fact
 from models.steps import CreditorFacts, Origin
 
 __all__ = ["AccountRow", "DailyBalance", "LedgerStore", "Origin", "StatementEntry", "WriteResult"]
@@ -157,10 +161,11 @@ class LedgerStore:
         return await self._run(reads.unbalanced_transactions, what="unbalanced_transactions")
 
     async def statement(
-        self, account_id: str, *, after_posting_id: int = 0, limit: int = 100
+        self, account_id: str, *, after_posting_id: int = 0, limit: int = 100,
+        since: datetime | None = None, until: datetime | None = None,
     ) -> list[StatementEntry]:
         return await self._run(
-            lambda connection: reads.statement(connection, account_id, after_posting_id, limit),
+            lambda connection: reads.statement(connection, account_id, after_posting_id, limit, since, until),
             what="statement",
         )
 
@@ -196,6 +201,49 @@ class LedgerStore:
         return await self._run(
             lambda connection: reads.daily_balances(connection, account_id), what="daily_balances"
         )
+
+    async def write_payment_views(self, facts: Sequence[Fact]) -> int:
+        """Apply a batch of the payments' events to their views, in one transaction (idempotent:
+        a batch redelivered changes nothing); the number of views changed."""
+        if not facts:
+            return 0
+        return await self._run(lambda connection: payment_views.write(connection, facts),
+                               what="write_payment_views")
+
+    async def account_payments(
+        self,
+        account_id: str,
+        *,
+        statuses: frozenset[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[PaymentSummary]:
+        """The account's payments as debtor or creditor, newest first (ledger/payment_views.py)."""
+        return await self._run(
+            lambda connection: payment_views.account_payments(
+                connection, account_id, statuses=statuses, since=since, until=until, before=before,
+                limit=limit),
+            what="account_payments",
+        )
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        await self._run(lambda connection: api_keys.create_key(connection, key), what="create_api_key")
+
+    async def live_api_keys(self) -> dict[str, ApiKey]:
+        return await self._run(api_keys.live_keys, what="live_api_keys")
+
+    async def list_api_keys(self) -> list[api_keys.KeyRow]:
+        return await self._run(api_keys.all_keys, what="api_keys")
+
+    async def revoke_api_key(self, name: str) -> bool:
+        return await self._run(lambda connection: api_keys.revoke_key(connection, name),
+                               what="revoke_api_key")
+
+    async def service_secret(self, name: str, candidate: str) -> str:
+        return await self._run(lambda connection: api_keys.service_secret(connection, name, candidate),
+                               what="service_secret")
 
 
 async def _write_unique(

@@ -25,7 +25,9 @@ def _known_currency(code: str) -> str:
     return code
 
 
-Currency = Annotated[str, StringConstraints(strict=True), AfterValidator(_known_currency)]
+# The codes are in the schema too (AsyncAPI, OpenAPI), so a client can check before sending.
+Currency = Annotated[str, StringConstraints(strict=True), AfterValidator(_known_currency),
+                     Field(json_schema_extra={"enum": sorted(ISO_4217_CODES)})]
 
 
 def settlement_account(currency: str) -> str:

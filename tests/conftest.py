@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.api_keys import new_key
 from harness.broker import EmbeddedBroker
 from harness.database import create_database, drop_database
 from harness.driver import ServiceDriver
@@ -71,6 +72,11 @@ async def module_database_url(postgres_server_url: str) -> AsyncIterator[str]:
     await drop_database(postgres_server_url, url)
 
 
+# The API key the outside helpers send (tests/integration/outside.py): the current module's
+# service makes one with every scope.
+CALLER: dict[str, str] = {}
+
+
 @dataclass
 class Service:
     """A running service as its users see it: topics, a worker, the ledger database."""
@@ -80,6 +86,7 @@ class Service:
     data_dir: Path
     workers: list[WorkerProcess]
     driver: ServiceDriver
+    api_key: str = ""
 
     def add_worker(self, **extra_env: str) -> WorkerProcess:
         worker = WorkerProcess(self.bootstrap, self.database_url, self.data_dir, extra_env=extra_env)
@@ -94,7 +101,9 @@ async def service(kafka_bootstrap: str, module_database_url: str,
     await migrate(module_database_url)
     data_dir = tmp_path_factory.mktemp("service")
     driver = await ServiceDriver(kafka_bootstrap).start()
-    running = Service(kafka_bootstrap, module_database_url, data_dir, [], driver)
+    running = Service(kafka_bootstrap, module_database_url, data_dir, [], driver,
+                      await new_key(module_database_url, "tests"))
+    CALLER["key"] = running.api_key
     try:
         await asyncio.to_thread(running.add_worker)
         yield running

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from harness.driver import ServiceDriver
-from tests.conftest import Service
+from tests.conftest import CALLER, Service
 
 T = TypeVar("T")
 
@@ -38,11 +38,14 @@ def _request(method: str, url: str, body: bytes | None, headers: dict[str, str])
         return error.code, error.read()
 
 
-async def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
-               ) -> tuple[int, Any]:
-    """(status, parsed JSON body or the raw text when it is not JSON)."""
+async def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+               key: str | None = None) -> tuple[int, Any]:
+    """(status, parsed JSON body or the raw text when it is not JSON), asked with `key`
+    (default: the module's service's key; "" for none)."""
     raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    key = CALLER.get("key", "") if key is None else key
+    authorization = {"Authorization": f"Bearer {key}"} if key else {}
+    all_headers = {"Content-Type": "application/json", **authorization, **(headers or {})}
     status, payload = await asyncio.to_thread(_request, method, url, raw, all_headers)
     try:
         return status, json.loads(payload)
@@ -50,8 +53,8 @@ async def http(method: str, url: str, body: Any = None, headers: dict[str, str] 
         return status, payload.decode(errors="replace")
 
 
-async def get(url: str) -> tuple[int, Any]:
-    return await http("GET", url)
+async def get(url: str, key: str | None = None) -> tuple[int, Any]:
+    return await http("GET", url, key=key)
 
 
 async def poll(probe: Callable[[], Awaitable[T]], condition: Callable[[T], bool],

@@ -334,7 +334,8 @@ async def test_a_key_first_used_by_a_refund_gets_409_at_once(service: Service) -
     status, answer = await post_payment(service, "http-rk-refund", body("http-rk-a", "http-rk-b", 100))
 
     assert status == 409, answer
-    assert "RefundPayment" in answer["error"] and paid in answer["error"], answer
+    assert "RefundPayment" in answer["detail"] and paid in answer["detail"], answer
     await quiet()
     assert events_about(driver, "CommandRejected", idempotency_key="http-rk-refund") == []  # nothing sent
     assert (await payment_view(service, payment_id_for("http-rk-refund")))[0] == 404
+

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from settings import load_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -264,6 +266,22 @@ def test_every_worker_reaches_kafka_and_postgres_by_service_name(
         assert url.path.lstrip("/") == postgres_env["POSTGRES_DB"], name
         assert int(env["PAYMENTS_PARTITIONS"]) >= 1, name
         assert env["PAYMENTS_DATA_DIR"] in [target for _, target in mounts(worker)], name
+
+
+def test_payments_services_speak_the_security_protocol_of_the_listener_they_reach(
+    services: dict[str, dict[str, Any]], workers: dict[str, dict[str, Any]]
+) -> None:
+    """The settings load (a worker would start), and SASL or TLS is where the broker has it."""
+    kafka_env = environment(services["kafka"])
+    advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    listener_of = {address: name for name, address in (item.split("://") for item in advertised)}
+    protocol_map = kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    protocol_of = dict(item.split(":") for item in protocol_map)
+    for name in [*workers, "migrate", "topics"]:
+        env = environment(services[name])
+        settings = load_settings(env)
+        for address in env["PAYMENTS_KAFKA_BOOTSTRAP"].split(","):
+            assert settings.kafka_security_protocol == protocol_of[listener_of[address]], (name, address)
 
 
 def test_every_worker_has_a_group_name_and_a_data_volume_of_its_own(

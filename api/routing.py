@@ -9,14 +9,16 @@ with its body and headers, and the owner's answer is passed back as it is.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
 import faust
-from faust.web import Request, Response, View
+from aiohttp.web import Request, Response
 from multidict import CIMultiDict
 from yarl import URL
+
+from api.problems import problem
 
 RETRY_AFTER_SECONDS = 1
 # The owner's own work is bounded (RECORD_WAIT_SECONDS per request queued on the same
@@ -28,6 +30,7 @@ FORWARD_TIMEOUT_SECONDS = 30.0
 # assignment disagree (mid-rebalance) cannot bounce a request between them.
 FORWARDED_BY = "X-Payments-Forwarded-By"
 HOP_BY_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+PASSED_BACK = ("Retry-After", "WWW-Authenticate", "Allow")
 
 
 class OwnerUnknown(Exception):
@@ -50,33 +53,33 @@ def owner_of(app: faust.App, table: str, key: str) -> URL | None:
     return None if (owner.host, owner.port) == (here.host, here.port) else owner
 
 
-def unavailable(view: View, reason: str) -> Response:
-    return view.json({"error": f"{reason}; try again shortly"}, status=503,
-                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+def unavailable(reason: str) -> Response:
+    return problem(503, f"{reason}; try again shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def forward(view: View, request: Request, body: bytes, owner: URL, *, path: str | None = None
-                  ) -> Response:
-    """The owner's answer to the same request (same method, headers and body; same path
-    unless another is given: an internal one, answered where it arrives, never forwarded)."""
-    if FORWARDED_BY in request.headers and path is None:
-        return unavailable(view, "the workers disagree about who owns this key")
-    app = view.app
+async def forward(
+    app: faust.App, request: Request, body: bytes, owner: URL, credentials: Mapping[str, str]
+) -> Response:
+    """The owner's answer to the same request (same method, path, headers and body), asked
+    with the workers' `credentials` besides the caller's own."""
+    if FORWARDED_BY in request.headers:
+        return unavailable("the workers disagree about who owns this key")
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
     headers[FORWARDED_BY] = str(app.conf.canonical_url)
+    headers.update(credentials)
     url = request.url.with_host(owner.host or "").with_port(owner.port)
-    if path is not None:
-        url = url.with_path(path)
     timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_SECONDS)
     try:
-        async with app.http_client.request(request.method, url, headers=headers, data=body,
-                                           timeout=timeout) as response:
+        async with app.http_client.request(
+            request.method, url, headers=headers, data=body, timeout=timeout
+        ) as response:
             answer = await response.read()
-            passed = {k: response.headers[k] for k in ("Retry-After",) if k in response.headers}
-            return view.bytes(answer, content_type=response.content_type, status=response.status,
-                              headers=passed)
+            passed = {k: response.headers[k] for k in PASSED_BACK if k in response.headers}
+            return Response(
+                body=answer, status=response.status, headers=passed, content_type=response.content_type
+            )
     except (TimeoutError, aiohttp.ClientError):
-        return unavailable(view, f"the worker owning this key ({owner}) did not answer")
+        return unavailable(f"the worker owning this key ({owner}) did not answer")
 
 
 class KeyedLocks:
