@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 audit_log = logging.getLogger("payments.audit")
 
 REFRESH_SECONDS = 1.0
+REREAD_SECONDS = 0.25
 INTERNAL_PREFIX = "/internal/"
 # The workers' shared secret rides in this header on what they ask each other, and on the
 # API requests one forwards to another (which the first has already counted against the
@@ -55,6 +56,8 @@ class Gate:
     keys: dict[str, ApiKey] | None = None  # by key_id; None until first read
     internal_secret: str | None = None
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _reading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _read_at: float = -math.inf
 
     async def refresh(self) -> None:
         store = await self.store()
@@ -63,6 +66,17 @@ class Gate:
         self.keys = await store.live_api_keys()
         # A bucket per live key only: a revoked or unknown one never gets here again.
         self._buckets = {key_id: bucket for key_id, bucket in self._buckets.items() if key_id in self.keys}
+
+    async def read_again(self) -> None:
+        """The keys read now for a key_id not known, at most once per REREAD_SECONDS, so
+        that made-up keys cannot turn into a stream of queries."""
+        async with self._reading:
+            if time.monotonic() - self._read_at >= REREAD_SECONDS:
+                try:
+                    await self.refresh()
+                except Exception:  # noqa: BLE001 - the periodic refresh logs it
+                    pass
+                self._read_at = time.monotonic()
 
     async def keep_fresh(self) -> None:
         while True:
@@ -121,7 +135,11 @@ class Gate:
             return problem(
                 503, "the API keys have not been read yet; try again shortly", headers={"Retry-After": "1"}
             )
-        key = authenticate(self.keys, presented(request.headers.get("Authorization")))
+        offered = presented(request.headers.get("Authorization"))
+        key = authenticate(self.keys, offered)
+        if key is None and offered is not None and offered.key_id not in self.keys:
+            await self.read_again()  # a key made a moment ago works at once
+            key = authenticate(self.keys, offered)
         if key is None:
             return problem(
                 401,

@@ -32,20 +32,38 @@ from settings import Settings
 console = Console()
 
 
-def run_demo(settings: Settings, *, payments: int, accounts: int, seed: int) -> int:
+def run_demo(settings: Settings, *, payments: int, accounts: int, seed: int, serve: bool = False) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="demo-", dir=settings.data_dir))
     with infrastructure(settings, workdir, say=console.print) as (bootstrap, database_url):
         api_key = asyncio.run(_prepare(bootstrap, database_url, settings.partitions))
         worker = WorkerProcess(bootstrap, database_url, workdir, partitions=settings.partitions)
+        if serve:  # where the quickstart finds it (a free port otherwise: nothing to collide with)
+            worker.web_port = settings.web_port
         console.print(f"starting a worker (log: {worker.log}) ...")
         try:
             worker.start()
             workload = plan(seed, accounts, payments, risk_max_amount=settings.risk_max_amount)
             ok = asyncio.run(_drive(bootstrap, database_url, worker, workload, api_key))
+            if serve:
+                _serve(bootstrap, database_url, worker)
         finally:
             worker.stop()
     return 0 if ok else 1
+
+
+def _serve(bootstrap: str, database_url: str, worker: WorkerProcess) -> None:
+    """Keep everything running for the README's quickstart, until Ctrl-C."""
+    console.print("\nthe worker keeps running; in another shell:\n")
+    print(f"export PAYMENTS_KAFKA_BOOTSTRAP={bootstrap}")
+    print(f"export PAYMENTS_DATABASE_URL={database_url}")
+    print(f"export API={worker.url}\n", flush=True)
+    console.print("Ctrl-C stops the worker, the broker and PostgreSQL.")
+    try:
+        while worker.process is not None and worker.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
 
 
 async def _prepare(bootstrap: str, database_url: str, partitions: int) -> str:

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--payments", type=int, default=2000, help="how many payments to send")
     demo.add_argument("--accounts", type=int, default=40)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--serve", action="store_true",
+                      help="afterwards, keep the worker (on PAYMENTS_WEB_PORT) and the embedded servers up")
     reconcile = commands.add_parser("reconcile", help="compare worker balances with the ledger")
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.add_argument("--outbox-stuck-seconds", type=float, default=60.0)
@@ -90,7 +92,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "demo":
         from cli.demo import run_demo
 
-        return run_demo(settings, payments=args.payments, accounts=args.accounts, seed=args.seed)
+        return run_demo(settings, payments=args.payments, accounts=args.accounts, seed=args.seed,
+                        serve=args.serve)
     if args.command == "reconcile":
         from cli.reconcile import run_reconcile
 

@@ -58,5 +58,5 @@ def configure(stream: object = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("PAYMENTS_FAUST_LOG_LEVEL", "WARNING").upper())
     level = os.environ.get("PAYMENTS_LOG_LEVEL", "INFO").upper()
-    for name in ("agents", "ledger", "psp", "infra", "cli", "app"):
+    for name in ("agents", "api", "ledger", "psp", "infra", "cli", "app", "payments.audit"):
         logging.getLogger(name).setLevel(level)

@@ -11,7 +11,7 @@ from harness.api_keys import new_key
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS
 from models.payment import payment_id_for
 from tests.conftest import Service
-from tests.integration.outside import fund, http, open_accounts, outcome, quiet, raw_messages
+from tests.integration.outside import fund, http, open_accounts, outcome, poll, quiet, raw_messages
 from tests.integration.test_cli import payments
 
 
@@ -184,3 +184,33 @@ async def test_a_key_limited_to_accounts_made_by_the_harness_is_refused_elsewher
     assert (await get(service, "/v1/accounts/auth-a", key))[0] == 200
     assert (await get(service, "/v1/accounts/auth-b", key))[0] == 403
     assert (await get(service, "/v1/accounts/auth-b/statement", key))[0] == 403
+
+
+async def test_accepted_writes_are_audited_with_the_key_name_never_the_key(service: Service) -> None:
+    await open_accounts(service, "audit-a", "audit-b")
+    await fund(service, "audit-fund", "audit-a", 1_000)
+    key = cli_key(service, "--name", "audit-writer", "--scope", "payments:write", "--scope", "accounts:write")
+    await usable(service, key)
+    status, _ = await post(service, "/v1/payments", payment("audit-a", "audit-b", 5), key, "audit-pay-1")
+    assert status == 202
+    status, _ = await post(service, "/v1/accounts/audit-b/fundings", {"amount": 7, "currency": "USD"}, key,
+                           "audit-fund-2")
+    assert status in (201, 202)
+    refused = await post(service, "/v1/payments", {"amount": 0}, key, "audit-pay-bad")
+    assert refused[0] == 422
+
+    def audit_lines() -> list[str]:
+        return [line for line in service.workers[0].log.read_text().splitlines() if "payments.audit" in line]
+
+    await poll(lambda: _now(audit_lines()), lambda lines: len([x for x in lines if "audit-writer" in x]) >= 2,
+               what="the audit lines")
+    mine = [line for line in audit_lines() if "audit-writer" in line]
+    assert any("createPayment" in line and payment_id_for("audit-pay-1") in line for line in mine), mine
+    assert any("fundAccount" in line and "audit-fund-2" in line for line in mine), mine
+    assert not any("audit-pay-bad" in line for line in mine)  # refused: not a write
+    whole_log = service.workers[0].log.read_text()
+    assert key not in whole_log and key.partition(".")[2] not in whole_log
+
+
+async def _now(value: Any) -> Any:
+    return value
