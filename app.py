@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import faust
 from prometheus_client import CollectorRegistry
 
-from agents import loop, monitor, projection, relay
+from agents import loop, monitor, notify, projection, relay
 from agents.intake import Intake, decode_key_use
 from agents.outlet import Outlet
 from agents.owner import Owner
@@ -133,7 +133,11 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     relay.install(app, database_url, outlet("relay"), ledger, metrics, settings.outbox_retention_hours)
     monitor.install(app, metrics, owners)
     projection.install(app, ledger, metrics)
-    views.install(app, views.Api(app, owners, keys, outlet("web").send_messages, ledger, metrics, gate))
+    notify.install(app, notify.Dispatcher(
+        ledger, metrics, settings.webhook_retry_schedule, settings.webhook_timeout_seconds,
+        settings.webhook_concurrency, settings.webhook_disable_after_seconds, settings.webhook_allow_private))
+    views.install(app, views.Api(app, owners, keys, outlet("web").send_messages, ledger, metrics, gate,
+                                 settings.webhook_allow_private))
 
     @app.task
     async def keep_api_keys_fresh() -> None:

@@ -68,6 +68,16 @@ class Settings:
     # (a token bucket per key and worker, api/gate.py): past it, 429 with Retry-After.
     api_rate_per_second: float = 100.0
     api_rate_burst: int = 200
+    # Webhooks (agents/notify.py): seconds to wait after each failed attempt (then the
+    # delivery has failed); whether URLs may reach loopback/private addresses and plain
+    # http (local development and tests only); how long one attempt may take; how many
+    # attempts to one endpoint a worker makes at once; how long an endpoint may fail
+    # without a success before it is disabled.
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 15.0
+    webhook_concurrency: int = 4
+    webhook_disable_after_seconds: float = 432_000.0
     # How every Kafka client of a worker connects, Faust's and our own alike (see
     # kafka_credentials): TLS for SSL and SASL_SSL, a SASL login for SASL_*. The TLS
     # settings of PostgreSQL are not here: load_settings merges them into database_url.
@@ -267,9 +277,27 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         standby_replicas=_integer(env, "PAYMENTS_STANDBY_REPLICAS", 1, 0, 8),
         api_rate_per_second=_number(env, "PAYMENTS_API_RATE_PER_SECOND", 100.0, 0.001, 1e6),
         api_rate_burst=_integer(env, "PAYMENTS_API_RATE_BURST", 200, 1, 1_000_000),
+        webhook_retry_schedule=_schedule(env, "PAYMENTS_WEBHOOK_RETRY_SCHEDULE"),
+        webhook_allow_private=_choice(env, "PAYMENTS_WEBHOOK_ALLOW_PRIVATE", "0", ("0", "1")) == "1",
+        webhook_timeout_seconds=_number(env, "PAYMENTS_WEBHOOK_TIMEOUT_SECONDS", 15.0, 0.1, 15.0),
+        webhook_concurrency=_integer(env, "PAYMENTS_WEBHOOK_CONCURRENCY", 4, 1, 64),
+        webhook_disable_after_seconds=_number(env, "PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS", 432_000.0, 0.0,
+                                              365 * 86_400.0),
         outbox_retention_hours=_number(env, "PAYMENTS_OUTBOX_RETENTION_HOURS", 168.0, 0.0, 24.0 * 3650),
         **_kafka_security(env),
     )
+
+
+def _schedule(env: dict[str, str], name: str) -> tuple[float, ...]:
+    from models.webhooks import DEFAULT_SCHEDULE, parse_schedule
+
+    raw = env.get(name)
+    if not raw:
+        return DEFAULT_SCHEDULE
+    try:
+        return parse_schedule(raw)
+    except ValueError as error:
+        raise SettingsError(f"{name}: {error}") from None
 
 
 def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:

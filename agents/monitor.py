@@ -26,16 +26,16 @@ from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from faust.types.transports import ConsumerT
 
+from agents import projection
 from infra.metrics import Metrics
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS
-from models import payment_view
 from tables.owners import ACCOUNT, Value
 from tables.state import StateTable
 
 log = logging.getLogger(__name__)
 
 # The batched topics (infra/kafka_transport.py): the owner's loop's, and the payments' view's.
-WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS, *payment_view.TOPICS})
+WATCHED_TOPICS = frozenset({ACCOUNT_COMMANDS, PAYMENT_COMMANDS, STEPS, *projection.TOPICS})
 # In the stored JSON of every account that holds nothing: most of them, at any moment.
 NO_HOLDS_MARK = b'"holds":{}'
 

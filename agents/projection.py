@@ -1,9 +1,15 @@
-"""The projection of the payments' read model: the payment events, folded into payment_views.
+"""The read side: the public events, folded into the payments' read model (payment_views)
+and turned into the webhook deliveries they are due (the notify step's first half; the
+dispatcher, agents/notify.py, sends them).
 
-One agent per worker (concurrency 1) reads the four topics of models.payment_view.TOPICS
-in batches and writes each batch in one transaction (LedgerStore.write_payment_views;
-the fold is models/payment_view.py). A payment's events share its partition number on
-every topic, and the group assigns a partition number of all four to one worker, so one
+One agent per worker (concurrency 1), of its own, so it never slows a payment, reads the
+payment topics of models.payment_view.TOPICS and the notified ones of
+models.webhooks.TOPICS in batches, and writes each batch in one transaction
+(LedgerStore.write_events; the fold is models/payment_view.py, the matching of endpoints
+ledger/webhooks.py): a delivery is durable before its event's offset is committed.
+
+A payment's events share its partition number on every topic, and the group assigns a
+partition number of all the topics to one worker, so one
 writer folds a payment's events; around a rebalance two may, and the store's row lock
 orders them.
 
@@ -30,6 +36,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import faust
 from aiokafka.structs import ConsumerRecord
@@ -38,12 +45,16 @@ from agents import loop
 from infra.kafka_transport import deliver_in_batches, withhold
 from infra.metrics import Metrics
 from ledger.store import LedgerStore
+from models import payment_view, webhooks
 from models.codec import Unreadable
-from models.payment_view import TOPICS, Fact, read_fact
+from models.payment_view import Fact, read_fact
+from models.webhooks import Notice, notice_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T", Fact, Notice)
 
 NAME = "payment_views"
+TOPICS: tuple[str, ...] = tuple(dict.fromkeys(payment_view.TOPICS + webhooks.TOPICS))
 # How long a batch waits for more once it holds a message: the view lags by about this
 # much, and a transaction carries a fetch's worth of every partition.
 BATCH_WITHIN_SECONDS = 0.05
@@ -75,22 +86,27 @@ def install(app: faust.App, ledger: Callable[[], Awaitable[LedgerStore]], metric
 
 async def write(events: Sequence[faust.EventT], ledger: Callable[[], Awaitable[LedgerStore]],
                 metrics: Metrics) -> None:
-    facts = readable(loop.records_of(events), metrics)
+    records = loop.records_of(events)
+    facts = readable(records, payment_view.TOPICS, read_fact, metrics)
+    notices = readable(records, webhooks.TOPICS, notice_of, metrics)
     started = time.perf_counter()
-    await (await ledger()).write_payment_views(facts)
-    metrics.batch_size.labels(NAME).observe(len(facts))
+    await (await ledger()).write_events(facts, notices)
+    metrics.batch_size.labels(NAME).observe(len(records))
     metrics.batch_phase.labels(NAME, "write").observe(time.perf_counter() - started)
 
 
-def readable(records: Sequence[ConsumerRecord], metrics: Metrics) -> list[Fact]:
-    """The facts of the records; the others logged and counted."""
-    facts = []
+def readable(records: Sequence[ConsumerRecord], topics: tuple[str, ...],
+             read: Callable[[str, bytes | None], T | Unreadable], metrics: Metrics) -> list[T]:
+    """What `read` makes of the records of `topics`; the others logged and counted."""
+    found = []
     for record in records:
-        fact = read_fact(record.topic, record.value)
-        if isinstance(fact, Unreadable):
-            log.warning("%s[%d] offset %d skipped by the payments' view: %s", record.topic,
-                        record.partition, record.offset, fact.reason)
+        if record.topic not in topics:
+            continue
+        value = read(record.topic, record.value)
+        if isinstance(value, Unreadable):
+            log.warning("%s[%d] offset %d skipped by the read side: %s", record.topic,
+                        record.partition, record.offset, value.reason)
             metrics.view_events_skipped.labels(record.topic).inc()
         else:
-            facts.append(fact)
-    return facts
+            found.append(value)
+    return found

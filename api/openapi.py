@@ -62,7 +62,7 @@ def build_document() -> dict[str, Any]:
 def _schemas() -> dict[str, Any]:
     """The answers' schemas as written (serialization), the bodies' as read (validation)."""
     answers: set[type[BaseModel]] = {Problem} | {
-        model for route in ROUTES for model in route.answers.values()
+        model for route in ROUTES for model in route.answers.values() if model is not None
     }
     _, top = models_json_schema(
         [(model, "serialization") for model in sorted(answers, key=lambda m: m.__name__)],
@@ -76,7 +76,7 @@ def _schemas() -> dict[str, Any]:
 
 def _body_schema(body: Body, schemas: dict[str, Any]) -> dict[str, Any]:
     schema = copy.deepcopy(
-        body.command.model_json_schema(mode="validation", ref_template=SCHEMAS + "{model}")
+        body.model.model_json_schema(mode="validation", ref_template=SCHEMAS + "{model}")
     )
     schemas.update(schema.pop("$defs", {}))
     for name in body.given_elsewhere:
@@ -132,6 +132,9 @@ def _responses(route: Route) -> dict[str, Any]:
         for link in route.links
     }
     for status, model in sorted(route.answers.items()):
+        if model is None:
+            responses[str(status)] = {"description": "done; no content"}
+            continue
         responses[str(status)] = {
             "description": model.__doc__ or model.__name__,
             "content": {route.media_type: {"schema": {"$ref": SCHEMAS + model.__name__}}},

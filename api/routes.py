@@ -11,10 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from models.api_keys import Scope
-from models.commands import Command, FundAccount, OpenAccount, RefundPayment, RequestPayment
+from models.commands import FundAccount, OpenAccount, RefundPayment, RequestPayment
 from models.http import (
     AccountPending,
     AccountView,
+    DeliveryList,
     FundingView,
     Health,
     PaymentAccepted,
@@ -22,6 +23,9 @@ from models.http import (
     PaymentView,
     RefundView,
     StatementPage,
+    WebhookEndpointBody,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
 )
 from models.payment import PaymentStatus
 
@@ -52,8 +56,8 @@ class Body:
     """A request body: the command, less the fields the request gives elsewhere."""
 
     name: str
-    command: type[Command]
-    given_elsewhere: tuple[str, ...]
+    model: type[BaseModel]  # a command (models/commands.py), or a body of the HTTP API's own
+    given_elsewhere: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Route:
     path: str
     summary: str
     scope: Scope | None
-    answers: Mapping[int, type[BaseModel]]
+    answers: Mapping[int, type[BaseModel] | None]  # None: no content
     errors: tuple[int, ...] = ()
     params: tuple[Param, ...] = ()
     body: Body | None = None
@@ -97,6 +101,7 @@ IDEMPOTENCY_KEY = Param(
 )
 PAYMENT_ID = path_id("payment_id", "the payment's id (derived from its idempotency key)")
 ACCOUNT_ID = path_id("account_id", "the account's id")
+ENDPOINT_ID = path_id("endpoint_id", "the webhook endpoint's id")
 LIMIT = Param(
     "limit",
     "query",
@@ -225,6 +230,58 @@ ROUTES: tuple[Route, ...] = (
                 "query",
                 {"type": "string", "minLength": 1, "maxLength": 300},
                 "the next_cursor of the previous page",
+            ),
+            LIMIT,
+        ),
+    ),
+    Route(
+        "createWebhookEndpoint",
+        "POST",
+        "/v1/webhook_endpoints",
+        "Register a webhook endpoint; its secret is in this answer only",
+        "webhooks:write",
+        {201: WebhookEndpointCreated},
+        (422,),
+        (),
+        Body("WebhookEndpointBody", WebhookEndpointBody),
+        links=tuple(
+            Link(operation, "endpoint_id", "endpoint_id")
+            for operation in ("deleteWebhookEndpoint", "listWebhookDeliveries")
+        ),
+    ),
+    Route(
+        "listWebhookEndpoints",
+        "GET",
+        "/v1/webhook_endpoints",
+        "The webhook endpoints (never their secrets)",
+        "webhooks:write",
+        {200: WebhookEndpointList},
+    ),
+    Route(
+        "deleteWebhookEndpoint",
+        "DELETE",
+        "/v1/webhook_endpoints/{endpoint_id}",
+        "Stop sending to a webhook endpoint",
+        "webhooks:write",
+        {204: None},
+        (404,),
+        (ENDPOINT_ID,),
+    ),
+    Route(
+        "listWebhookDeliveries",
+        "GET",
+        "/v1/webhook_endpoints/{endpoint_id}/deliveries",
+        "An endpoint's latest deliveries, newest first, each with its attempts",
+        "webhooks:write",
+        {200: DeliveryList},
+        (404, 422),
+        (
+            ENDPOINT_ID,
+            Param(
+                "failed",
+                "query",
+                {"type": "boolean", "default": False},
+                "only the deliveries whose schedule is spent",
             ),
             LIMIT,
         ),

@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
+from agents import notify
 from api import openapi, routes
 from api.gate import API_KEY, Gate, audit
 from api.problems import invalid, problem
@@ -37,6 +38,7 @@ from infra.producer import Outgoing
 from infra.topics import ACCOUNT_COMMANDS, PAYMENT_COMMANDS
 from ledger.reads import StatementEntry
 from ledger.store import LedgerStore
+from ledger.webhooks import EndpointRow
 from models.account import Account
 from models.api_keys import ApiKey, outside_accounts
 from models.codec import dumps, field_errors, loads
@@ -45,6 +47,9 @@ from models.events import FieldError
 from models.http import (
     AccountPending,
     AccountView,
+    AttemptView,
+    DeliveryList,
+    DeliveryView,
     FundingView,
     Health,
     HistoryItem,
@@ -55,6 +60,10 @@ from models.http import (
     RefundView,
     StatementEntryView,
     StatementPage,
+    WebhookEndpointBody,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookEndpointView,
 )
 from models.intake import KeyUse, key_use, reuse_detail
 from models.ledger import EntryKind, transaction_id_for
@@ -63,6 +72,7 @@ from tables.owners import Value, account_key, home_key, payment_key
 from tables.state import StateTable
 
 CommandT = TypeVar("CommandT", bound=Command)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 # How long the first POST of a command waits for its effect to be recorded (its command
 # goes through the intake first), so that a repeat sees it: past this, 202.
@@ -230,6 +240,7 @@ class Api:
         store: Callable[[], Awaitable[LedgerStore]],
         metrics: Metrics,
         gate: Gate,
+        webhook_allow_private: bool = False,
     ) -> None:
         self.app = app
         self.owners = owners
@@ -238,6 +249,7 @@ class Api:
         self.store = store
         self.metrics = metrics
         self.gate = gate
+        self.webhook_allow_private = webhook_allow_private
         self.in_flight = KeyedLocks()
 
     # --- where things are ---------------------------------------------------------------------
@@ -599,6 +611,83 @@ class Api:
         next_cursor = None if last is None else f"{last.created_at.isoformat()}|{last.payment_id}"
         return json_answer(PaymentList(account_id=account_id, items=items, next_cursor=next_cursor))
 
+    # --- webhook endpoints (shared in PostgreSQL: any worker answers) ---------------------------
+
+    def visible(self, key: ApiKey, row: EndpointRow) -> bool:
+        """A key limited to accounts sees only the endpoints limited to some of its accounts."""
+        return key.accounts is None or (row.accounts is not None and set(row.accounts) <= key.accounts)
+
+    async def create_webhook_endpoint(self, request: Request) -> Response:
+        key = request[API_KEY]
+        body = read_body(WebhookEndpointBody, await request.read())
+        if isinstance(body, Response):
+            return body
+        if key.accounts is not None and (not body.accounts or not set(body.accounts) <= key.accounts):
+            return problem(
+                403,
+                f"the API key {key.name!r} is limited to accounts: the endpoint's accounts "
+                "must be some of them",
+            )
+        store = await self.store()
+        try:
+            endpoint, secret = await notify.register(
+                store,
+                body.url,
+                list(body.event_types),
+                list(body.accounts),
+                self.webhook_allow_private,
+                created_by=key.name,
+            )
+        except notify.EndpointRefused as error:
+            return invalid(
+                [
+                    FieldError(
+                        field="url" if "event type" not in str(error) else "event_types", message=str(error)
+                    )
+                ]
+            )
+        audit(request, "createWebhookEndpoint", endpoint_id=endpoint.endpoint_id, url=endpoint.url)
+        row = await store.webhook_endpoint(endpoint.endpoint_id)
+        assert row is not None
+        return json_answer(WebhookEndpointCreated(**endpoint_view(row).model_dump(), secret=secret), 201)
+
+    async def list_webhook_endpoints(self, request: Request) -> Response:
+        rows = await (await self.store()).webhook_endpoints()
+        items = [endpoint_view(row) for row in rows if self.visible(request[API_KEY], row)]
+        return json_answer(WebhookEndpointList(items=items))
+
+    async def own_endpoint(self, request: Request, endpoint_id: str) -> EndpointRow | Response:
+        row = await (await self.store()).webhook_endpoint(endpoint_id)
+        if row is None or not self.visible(request[API_KEY], row):
+            return problem(404, f"webhook endpoint {endpoint_id} not found")
+        return row
+
+    async def delete_webhook_endpoint(self, request: Request, endpoint_id: str) -> Response:
+        row = await self.own_endpoint(request, endpoint_id)
+        if isinstance(row, Response):
+            return row
+        await (await self.store()).remove_webhook_endpoint(endpoint_id)
+        audit(request, "deleteWebhookEndpoint", endpoint_id=endpoint_id)
+        return Response(status=204)
+
+    async def list_webhook_deliveries(self, request: Request, endpoint_id: str) -> Response:
+        window = query_errors(
+            request, lambda q: (integer(q, "limit", 100, 1, routes.PAGE_SIZE_MAX), flag(q, "failed"))
+        )
+        if isinstance(window, Response):
+            return window
+        limit, failed = window
+        row = await self.own_endpoint(request, endpoint_id)
+        if isinstance(row, Response):
+            return row
+        found = await (await self.store()).webhook_deliveries(
+            endpoint_id=endpoint_id, failed_only=failed, limit=limit
+        )
+        items = [
+            DeliveryView(**{**asdict(d), "log": [AttemptView(**asdict(a)) for a in d.log]}) for d in found
+        ]
+        return json_answer(DeliveryList(endpoint_id=endpoint_id, items=items))
+
     # --- open pages and what workers ask each other ------------------------------------------------
 
     async def health(self, request: Request) -> Response:
@@ -625,6 +714,37 @@ class Api:
         if record is None:
             return problem(404, f"payment {payment_id} not held here")
         return Response(body=msgspec.json.encode(record), content_type="application/json")
+
+
+def flag(query: dict[str, Any], name: str) -> bool:
+    raw = query.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ValueError(f"{name}: {raw!r} is not true or false")
+    return raw == "true"
+
+
+def endpoint_view(row: EndpointRow) -> WebhookEndpointView:
+    return WebhookEndpointView(
+        endpoint_id=row.endpoint_id,
+        url=row.url,
+        event_types=None if row.event_types is None else list(row.event_types),
+        accounts=None if row.accounts is None else list(row.accounts),
+        created_at=row.created_at,
+        disabled_at=row.disabled_at,
+        disabled_reason=row.disabled_reason,
+    )
+
+
+def read_body(model: type[ModelT], raw: bytes) -> ModelT | Response:
+    """A body of the HTTP API's own (not a command), or the 422 that says what is wrong."""
+    try:
+        body = loads(raw) if raw.strip() else {}
+    except ValueError as error:
+        return invalid([FieldError(field="body", message=f"not JSON: {error}")])
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        return invalid(list(field_errors(error)))
 
 
 def cursor(query: dict[str, Any]) -> tuple[datetime, str] | None:
@@ -657,6 +777,10 @@ def install(app: faust.App, api: Api) -> None:
         "listPayments": api.list_payments,
         "health": api.health,
         "metrics": api.metrics_page,
+        "createWebhookEndpoint": api.create_webhook_endpoint,
+        "listWebhookEndpoints": api.list_webhook_endpoints,
+        "deleteWebhookEndpoint": api.delete_webhook_endpoint,
+        "listWebhookDeliveries": api.list_webhook_deliveries,
         "openapi": api.openapi_page,
     }
     assert handlers.keys() == routes.BY_OPERATION.keys(), "every operation has its view, and only those"

@@ -12,21 +12,25 @@ import asyncio
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agents.notify import register
 from harness.api_keys import new_key
 from harness.driver import ServiceDriver
 from harness.embedded import infrastructure
+from harness.receiver import Receiver
 from harness.worker_process import WorkerProcess
 from harness.workload import Workload, plan
 from infra.topics import PAYMENT_COMMANDS, ensure_topics, service_topics
 from ledger.migrate import migrate
 from ledger.store import LedgerStore
 from models.payment import payment_id_for
+from models.webhooks import EVENT_TYPES
 from settings import Settings
 
 console = Console()
@@ -37,7 +41,9 @@ def run_demo(settings: Settings, *, payments: int, accounts: int, seed: int, ser
     workdir = Path(tempfile.mkdtemp(prefix="demo-", dir=settings.data_dir))
     with infrastructure(settings, workdir, say=console.print) as (bootstrap, database_url):
         api_key = asyncio.run(_prepare(bootstrap, database_url, settings.partitions))
-        worker = WorkerProcess(bootstrap, database_url, workdir, partitions=settings.partitions)
+        # The demo's own webhook receiver listens on loopback: allowed for this worker only.
+        worker = WorkerProcess(bootstrap, database_url, workdir, partitions=settings.partitions,
+                               extra_env={"PAYMENTS_WEBHOOK_ALLOW_PRIVATE": "1"})
         if serve:  # where the quickstart finds it (a free port otherwise: nothing to collide with)
             worker.web_port = settings.web_port
         console.print(f"starting a worker (log: {worker.log}) ...")
@@ -76,20 +82,24 @@ async def _prepare(bootstrap: str, database_url: str, partitions: int) -> str:
 async def _drive(bootstrap: str, database_url: str, worker: WorkerProcess, workload: Workload,
                  api_key: str) -> bool:
     driver = await ServiceDriver(bootstrap).start()
+    receiver = await Receiver().start()
+    store = await LedgerStore.connect(database_url)
     try:
+        endpoint, secret = await register(store, receiver.url, [], [], allow_private=True, created_by=None)
+        console.print(f"webhooks go to a local receiver, {receiver.url} (endpoint {endpoint.endpoint_id})")
         await _open_accounts(driver, workload)
         started, finished = await _pay(driver, workload)
         refunds = await _refund_some(driver, workload)
         await _misbehave(driver, workload)
-        store = await LedgerStore.connect(database_url)
-        try:
-            balanced = not await store.unbalanced_transactions()
-            ledger_total = sum((await store.balances()).values())
-            matches = await _worker_matches_ledger(worker, store, workload, api_key)
-        finally:
-            await store.close()
-        return _summarise(driver, workload, started, finished, refunds, balanced, ledger_total, matches)
+        balanced = not await store.unbalanced_transactions()
+        ledger_total = sum((await store.balances()).values())
+        matches = await _worker_matches_ledger(worker, store, workload, api_key)
+        webhooks = await _webhooks_delivered(driver, receiver, secret)
+        return _summarise(driver, workload, started, finished, refunds, balanced, ledger_total, matches,
+                          webhooks)
     finally:
+        await store.close()
+        await receiver.stop()
         await driver.stop()
 
 
@@ -176,8 +186,32 @@ async def _worker_matches_ledger(worker: WorkerProcess, store: LedgerStore, work
         await asyncio.sleep(0.5)
 
 
+@dataclass(frozen=True)
+class Webhooks:
+    expected: int  # the notified events the driver saw on Kafka
+    delivered: int  # of those, how many reached the receiver
+    repeated: int  # deliveries beyond the first of a webhook-id (at least once)
+    unverified: int  # deliveries whose signature the Standard Webhooks verifier refused
+
+    @property
+    def ok(self) -> bool:
+        return self.delivered == self.expected and self.unverified == 0
+
+
+async def _webhooks_delivered(driver: ServiceDriver, receiver: Receiver, secret: str) -> Webhooks:
+    """Every notified event the driver saw, delivered to the receiver (within 30 s), signed."""
+    expected = {body["event_id"] for event_type in EVENT_TYPES for body in driver.of(event_type)}
+    try:
+        await driver.wait_for(lambda: expected <= set(receiver.ids()), timeout_seconds=30, what="webhooks")
+    except TimeoutError:
+        pass  # reported below
+    ids = receiver.ids()
+    return Webhooks(len(expected), len(expected & set(ids)), sum(ids.values()) - len(ids),
+                    len(receiver.unverified(secret)))
+
+
 def _summarise(driver: ServiceDriver, workload: Workload, started: float, finished: float, refunds: int,
-               balanced: bool, ledger_total: int, matches: bool) -> bool:
+               balanced: bool, ledger_total: int, matches: bool, webhooks: Webhooks) -> bool:
     outcomes = driver.outcomes()
     expected = {payment_id_for(p.key): p.expected for p in workload.payments}
     by_reason: Counter[str] = Counter()
@@ -205,9 +239,12 @@ def _summarise(driver: ServiceDriver, workload: Workload, started: float, finish
         f"ledger balanced (PostgreSQL): {'yes' if balanced and ledger_total == 0 else 'NO'} "
         f"(sum of all postings = {ledger_total})",
         f"worker balances match the ledger: {'yes' if matches else 'NO'}",
+        f"webhooks delivered to the local receiver: {webhooks.delivered}/{webhooks.expected} "
+        f"(signatures verified: {'all' if not webhooks.unverified else f'NOT {webhooks.unverified}'}; "
+        f"repeats: {webhooks.repeated})",
         f"throughput: {rate:,.0f} payments/s ({timed} payments without the PSP timeouts in "
         f"{finished - started:.1f}s)",
     ]
     for line in lines:
         console.print(line)
-    return wrong == 0 and balanced and ledger_total == 0 and matches
+    return wrong == 0 and balanced and ledger_total == 0 and matches and webhooks.ok

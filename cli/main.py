@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli import api_keys
+from cli import api_keys, webhooks
 from settings import Settings, SettingsError, load_settings
 
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     chaos.add_argument("--replay", action="store_true", help="run the seeds in the regression file")
     chaos.add_argument("--no-record", action="store_true", help="do not add failing seeds to the file")
     api_keys.add_parser(commands)
+    webhooks.add_parser(commands)
     for name, what in (("asyncapi", "docs/asyncapi.yaml (Kafka)"), ("openapi", "docs/openapi.json (HTTP)")):
         document = commands.add_parser(name, help=f"write {what} from the models")
         document.add_argument("--check", action="store_true", help="exit 1 when the document is out of date")
@@ -102,6 +103,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return _chaos(args, settings)
     if args.command == "api-keys":
         return api_keys.run(args, settings.require_database())
+    if args.command == "webhooks":
+        return webhooks.run(args, settings)
     if args.history:
         from bench.history import run_history
 

@@ -120,8 +120,30 @@ class Metrics:
         self.refunds = Counter("payments_refunds", "Refund outcomes.", ["outcome"], registry=registry)
         self.view_events_skipped = Counter(
             "payments_view_events_skipped",
-            "Messages of the payment event topics the payments' read model could not read (logged).",
+            "Messages of the public event topics the read side could not read (logged).",
             ["topic"],
+            registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            "payments_webhook_deliveries",
+            "Webhook attempts by result: delivered, retry (to be tried again), failed (its schedule spent).",
+            ["result"],
+            registry=registry,
+        )
+        self.webhook_attempt = Histogram(
+            "payments_webhook_attempt_seconds", "Duration of one webhook attempt, answered or not.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.webhook_backlog = Gauge(
+            "payments_webhook_backlog", "Webhook deliveries pending (due now or later), all workers.",
+            registry=registry,
+        )
+        self.webhook_oldest_due = Gauge(
+            "payments_webhook_oldest_due_seconds",
+            "How long the oldest pending webhook delivery has been due (0: none is).", registry=registry,
+        )
+        self.webhook_endpoints_disabled = Counter(
+            "payments_webhook_endpoints_disabled", "Webhook endpoints disabled for failing too long.",
             registry=registry,
         )
 

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
-from ledger import accounts, api_keys, journal, payment_views, reads
+from ledger import accounts, api_keys, journal, payment_views, reads, webhooks
 from ledger.accounts import AccountRow
 from ledger.outbox import OutboxRow, outbox_row
 from ledger.payment_views import PaymentSummary
@@ -28,6 +28,7 @@ from models.ledger import JournalEntry, assert_balanced
 from models.owner import StoredEntry
 from models.payment_view import Fact
 from models.steps import CreditorFacts, Origin
+from models.webhooks import Endpoint, Notice
 
 __all__ = ["AccountRow", "DailyBalance", "LedgerStore", "Origin", "StatementEntry", "WriteResult"]
 
@@ -202,13 +203,19 @@ class LedgerStore:
             lambda connection: reads.daily_balances(connection, account_id), what="daily_balances"
         )
 
-    async def write_payment_views(self, facts: Sequence[Fact]) -> int:
-        """Apply a batch of the payments' events to their views, in one transaction (idempotent:
-        a batch redelivered changes nothing); the number of views changed."""
-        if not facts:
-            return 0
-        return await self._run(lambda connection: payment_views.write(connection, facts),
-                               what="write_payment_views")
+    async def write_events(self, facts: Sequence[Fact], notices: Sequence[Notice]) -> None:
+        """A batch of the public events, in one transaction: the payments' events folded into
+        their views, the webhook deliveries of the notified ones made (idempotent: a batch
+        redelivered changes nothing)."""
+        if not facts and not notices:
+            return
+
+        async def write(connection: asyncpg.Connection) -> None:
+            async with connection.transaction():
+                await payment_views.write(connection, facts)
+                await webhooks.enqueue(connection, notices)
+
+        await self._run(write, what="write_events")
 
     async def account_payments(
         self,
@@ -244,6 +251,48 @@ class LedgerStore:
     async def service_secret(self, name: str, candidate: str) -> str:
         return await self._run(lambda connection: api_keys.service_secret(connection, name, candidate),
                                what="service_secret")
+
+    # --- webhooks (ledger/webhooks.py) ---------------------------------------------------------
+
+    async def create_webhook_endpoint(self, endpoint: Endpoint, secret: str, created_by: str | None) -> None:
+        await self._run(lambda c: webhooks.create_endpoint(c, endpoint, secret, created_by),
+                        what="create_webhook_endpoint")
+
+    async def webhook_endpoints(self) -> list[webhooks.EndpointRow]:
+        return await self._run(webhooks.endpoints, what="webhook_endpoints")
+
+    async def webhook_endpoint(self, endpoint_id: str) -> webhooks.EndpointRow | None:
+        return await self._run(lambda c: webhooks.endpoint(c, endpoint_id), what="webhook_endpoint")
+
+    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
+        return await self._run(lambda c: webhooks.remove_endpoint(c, endpoint_id),
+                               what="remove_webhook_endpoint")
+
+    async def enable_webhook_endpoint(self, endpoint_id: str) -> bool:
+        return await self._run(lambda c: webhooks.enable_endpoint(c, endpoint_id),
+                               what="enable_webhook_endpoint")
+
+    async def claim_webhook_deliveries(self, limit: int, busy: Sequence[str], lease_seconds: float,
+                                       per_endpoint: int) -> list[webhooks.Due]:
+        return await self._run(lambda c: webhooks.claim(c, limit, busy, lease_seconds, per_endpoint),
+                               what="claim_webhook_deliveries")
+
+    async def settle_webhook_delivery(self, due: webhooks.Due, **outcome: object) -> bool:
+        return await self._run(lambda c: webhooks.settle(c, due, **outcome),  # type: ignore[arg-type]
+                               what="settle_webhook_delivery")
+
+    async def webhook_deliveries(self, *, endpoint_id: str | None = None, failed_only: bool = False,
+                                 limit: int = 100) -> list[webhooks.Delivery]:
+        return await self._run(
+            lambda c: webhooks.deliveries(c, endpoint_id=endpoint_id, failed_only=failed_only, limit=limit),
+            what="webhook_deliveries")
+
+    async def redeliver_webhooks(self, *, event_id: str | None = None, since: datetime | None = None) -> int:
+        return await self._run(lambda c: webhooks.redeliver(c, event_id=event_id, since=since),
+                               what="redeliver_webhooks")
+
+    async def webhook_backlog(self) -> tuple[int, float]:
+        return await self._run(webhooks.backlog, what="webhook_backlog")
 
 
 async def _write_unique(

@@ -147,6 +147,9 @@ class PaymentRefunded(Event):
     amount: int
     currency: str
     transaction_id: UUID
+    # The payment's parties, so a consumer (a webhook's account filter) needs no lookup.
+    debtor_account_id: str | None = None
+    creditor_account_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -161,6 +164,9 @@ class RefundFailed(Event):
     amount: int | None
     reason: RefundFailureReason
     detail: str
+    # The payment's parties; None when the payment is unknown.
+    debtor_account_id: str | None = None
+    creditor_account_id: str | None = None
 
     @property
     def key(self) -> str:

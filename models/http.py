@@ -8,12 +8,14 @@ one definition of each field, whether it arrives on Kafka or over HTTP.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from models.events import FieldError
 from models.payment import PaymentStatus, RefundStatus
+from models.types import Identifier
+from models.webhooks import EVENT_TYPES, EventType
 
 
 class Answer(BaseModel):
@@ -153,3 +155,61 @@ def problem_body(
     if errors:
         body["errors"] = [error.model_dump() for error in errors]
     return {**body, **extensions}
+
+
+# --- webhooks ---------------------------------------------------------------------------------------
+
+
+class WebhookEndpointBody(BaseModel):
+    """An endpoint to register: events of these types (default: all) involving these
+    accounts (default: every one; a key limited to accounts must name some of its own)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    url: Annotated[str, StringConstraints(strict=True, min_length=8, max_length=2048)]
+    event_types: list[EventType] = Field(default_factory=list, max_length=len(EVENT_TYPES))
+    accounts: list[Identifier] = Field(default_factory=list, max_length=1000)
+
+
+class WebhookEndpointView(Answer):
+    endpoint_id: str
+    url: str
+    event_types: list[str] | None  # None: all
+    accounts: list[str] | None  # None: every account
+    created_at: datetime
+    disabled_at: datetime | None
+    disabled_reason: str | None
+
+
+class WebhookEndpointCreated(WebhookEndpointView):
+    """The endpoint, with its secret: shown only in this answer."""
+
+    secret: str
+
+
+class WebhookEndpointList(Answer):
+    items: list[WebhookEndpointView]
+
+
+class AttemptView(Answer):
+    attempted_at: datetime
+    status_code: int | None
+    latency_seconds: float
+    error: str | None
+
+
+class DeliveryView(Answer):
+    delivery_id: int
+    event_id: str
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    last_error: str | None
+    log: list[AttemptView]
+
+
+class DeliveryList(Answer):
+    endpoint_id: str
+    items: list[DeliveryView]

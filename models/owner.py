@@ -616,7 +616,8 @@ def on_refund_requested(state: State, step: RefundRequested, at: Origin, effects
     if home is None:
         refusal = payments.refund_refusal(None, step.payment_id, step.amount)
         assert refusal is not None
-        effects.publish(payments.refund_failed_event(step.payment_id, step.refund_key, step.amount, refusal))
+        effects.publish(payments.refund_failed_event(step.payment_id, step.refund_key, step.amount, refusal,
+                                                     None))
         effects.notes.append(Note("refund", "failed", step.payment_id, refusal.reason))
         return
     effects.dispatch(
@@ -653,7 +654,7 @@ def on_refund_submitted(state: State, step: RefundSubmitted, at: Origin, effects
     refund_id = payments.refund_id_for(step.payment_id, step.refund_key)
     refusal = payments.refund_refusal(record, step.payment_id, step.amount)
     if refusal is not None:
-        event = payments.refund_failed_event(step.payment_id, step.refund_key, step.amount, refusal)
+        event = payments.refund_failed_event(step.payment_id, step.refund_key, step.amount, refusal, record)
         effects.publish(event)
         effects.notes.append(Note("refund", "failed", step.payment_id, refusal.reason))
         if record is not None:
@@ -706,7 +707,8 @@ def on_post_refund(state: State, step: PostRefund, at: Origin, effects: Effects)
         )
         return
     event = payments.refunded_event(
-        step.payment_id, step.refund_id, step.refund_key, step.amount, step.currency
+        step.payment_id, step.refund_id, step.refund_key, step.amount, step.currency,
+        (step.debtor_account_id, step.creditor_account_id),
     )
     effects.post(
         JournalEntry(
@@ -763,7 +765,8 @@ def on_refund_failed(state: State, step: RefundStepFailed, at: Origin, effects: 
     refund = record.refunds.get(step.refund_key) if record is not None else None
     if record is None or refund is None or refund.status != "pending":
         return
-    event = payments.refund_failed_event(step.payment_id, step.refund_key, refund.amount, step.refusal)
+    event = payments.refund_failed_event(step.payment_id, step.refund_key, refund.amount, step.refusal,
+                                         record)
     done = msgspec.structs.replace(refund, status="failed", outcome=msgspec.Raw(dumps(event)))
     state.set_payment(
         at.partition,

@@ -150,19 +150,24 @@ def failed_event(payment: Payment, refusal: Refusal, psp_reference: str | None) 
                          detail=refusal.detail)
 
 
-def refunded_event(payment_id: str, refund_id: str, refund_key: str, amount: int, currency: str
-                   ) -> PaymentRefunded:
+def refunded_event(payment_id: str, refund_id: str, refund_key: str, amount: int, currency: str,
+                   parties: tuple[str, str]) -> PaymentRefunded:
+    """`parties`: the payment's (debtor, creditor)."""
     return PaymentRefunded(event_id=event_id_for(refund_id, "PaymentRefunded"), payment_id=payment_id,
                            idempotency_key=refund_key, amount=amount, currency=currency,
-                           transaction_id=transaction_id_for(EntryKind.REFUND, refund_id))
+                           transaction_id=transaction_id_for(EntryKind.REFUND, refund_id),
+                           debtor_account_id=parties[0], creditor_account_id=parties[1])
 
 
-def refund_failed_event(payment_id: str, refund_key: str, amount: int | None, refusal: Refusal
-                        ) -> RefundFailed:
+def refund_failed_event(payment_id: str, refund_key: str, amount: int | None, refusal: Refusal,
+                        payment: Payment | None) -> RefundFailed:
     refund_id = refund_id_for(payment_id, refund_key)
+    request = payment.request if payment is not None else None
     return RefundFailed(event_id=event_id_for(refund_id, "RefundFailed"), payment_id=payment_id,
                         idempotency_key=refund_key, amount=amount,
-                        reason=RefundFailureReason(refusal.reason), detail=refusal.detail)
+                        reason=RefundFailureReason(refusal.reason), detail=refusal.detail,
+                        debtor_account_id=request.debtor_account_id if request else None,
+                        creditor_account_id=request.creditor_account_id if request else None)
 
 
 # --- refunds ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -87,22 +87,30 @@ class Service:
     workers: list[WorkerProcess]
     driver: ServiceDriver
     api_key: str = ""
+    worker_env: dict[str, str] = field(default_factory=dict)  # every worker's, besides the defaults
 
     def add_worker(self, **extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess(self.bootstrap, self.database_url, self.data_dir, extra_env=extra_env)
+        worker = WorkerProcess(self.bootstrap, self.database_url, self.data_dir,
+                               extra_env={**self.worker_env, **extra_env})
         self.workers.append(worker)
         return worker.start()
 
 
 @pytest.fixture(scope="module")
-async def service(kafka_bootstrap: str, module_database_url: str,
+def worker_env() -> dict[str, str]:
+    """The settings of the module's workers; a module overrides it to run them otherwise."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+async def service(kafka_bootstrap: str, module_database_url: str, worker_env: dict[str, str],
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
     await ensure_topics(kafka_bootstrap, service_topics(8))
     await migrate(module_database_url)
     data_dir = tmp_path_factory.mktemp("service")
     driver = await ServiceDriver(kafka_bootstrap).start()
     running = Service(kafka_bootstrap, module_database_url, data_dir, [], driver,
-                      await new_key(module_database_url, "tests"))
+                      await new_key(module_database_url, "tests"), worker_env)
     CALLER["key"] = running.api_key
     try:
         await asyncio.to_thread(running.add_worker)

@@ -44,6 +44,11 @@ EXPECTED_METRICS = [
     "payments_consumer_lag_messages",
     "payments_reservations_in_flight",
     "payments_refunds_total",
+    "payments_webhook_deliveries_total",
+    "payments_webhook_attempt_seconds",
+    "payments_webhook_backlog",
+    "payments_webhook_oldest_due_seconds",
+    "payments_webhook_endpoints_disabled_total",
 ]
 
 STACK_SERVICES = {

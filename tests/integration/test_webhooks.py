@@ -1,0 +1,324 @@
+"""The notify step against real receivers (aiohttp servers on loopback), the real broker and
+PostgreSQL: what is delivered, signed how, retried when, isolated from whom, and kept
+through a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from harness.receiver import Receiver
+from models.payment import payment_id_for
+from tests.conftest import Service
+from tests.integration.outside import fund, http, open_accounts, outcome, poll
+from tests.integration.test_cli import payments
+
+# Short schedules (the setting), a short timeout, and an endpoint disabled after failing 4 s.
+SCHEDULE = "0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,1,1,1,1,1,1"
+TIMEOUT_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def worker_env() -> dict[str, str]:
+    return {
+        "PAYMENTS_WEBHOOK_ALLOW_PRIVATE": "1",
+        "PAYMENTS_WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
+        "PAYMENTS_WEBHOOK_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
+        "PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS": "4",
+    }
+
+
+def add(service: Service, url: str, *options: str) -> tuple[str, str]:
+    result = payments(
+        "webhooks",
+        "add",
+        "--url",
+        url,
+        *options,
+        env={"PAYMENTS_DATABASE_URL": service.database_url, "PAYMENTS_WEBHOOK_ALLOW_PRIVATE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    endpoint_id, secret = result.stdout.strip().splitlines()[-1].split()
+    return endpoint_id, secret
+
+
+async def outcomes_of(service: Service, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The outcome event of each payment, by its event_id."""
+    events = [await outcome(service.driver, payment_id_for(key)) for key in keys]
+    return {event["event_id"]: event for event in events}
+
+
+async def test_every_outcome_reaches_a_healthy_receiver_once_signed(service: Service) -> None:
+    receiver = await Receiver().start()
+    try:
+        endpoint_id, secret = add(service, receiver.url, "--account", "wh-a")
+        assert endpoint_id.startswith("we_") and secret.startswith("whsec_")
+        await open_accounts(service, "wh-a", "wh-b")
+        await fund(service, "wh-fund-a", "wh-a", 100_000)
+        keys = [f"wh-pay-{n}" for n in range(12)]
+        for n, key in enumerate(keys):
+            extra = {"metadata": {"psp_simulation": "decline"}} if n % 4 == 3 else {}
+            await service.driver.pay(key, "wh-a", "wh-b", 100 + n, **extra)
+        expected = await outcomes_of(service, keys)
+        await service.driver.refund("wh-refund-1", payment_id_for("wh-pay-0"), 50)
+        await poll(
+            lambda: _now(receiver.ids()),
+            lambda ids: set(expected) <= set(ids) and len(ids) >= len(expected) + 2,
+            what="every outcome, the funding and the refund delivered",
+        )
+        events = receiver.events()
+        assert {events[i]["event_type"] for i in events} == {
+            "PaymentCaptured",
+            "PaymentFailed",
+            "PaymentRefunded",
+            "AccountFunded",
+        }
+        for event_id, event in expected.items():
+            assert events[event_id] == event  # the same value as on Kafka
+        for headers, body in receiver.received:
+            Webhook(secret).verify(body, headers)  # raises on a bad signature
+            assert headers["webhook-id"] == json.loads(body)["event_id"]
+            assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+        await asyncio.sleep(1)
+        assert max(receiver.ids().values()) == 1, receiver.ids()  # each once
+    finally:
+        await receiver.stop()
+
+
+async def test_two_500s_then_200_delivers_on_the_third_attempt(service: Service) -> None:
+    async def fails_twice(n: int) -> int:
+        return 500 if n <= 2 else 200
+
+    receiver = await Receiver(fails_twice).start()
+    try:
+        endpoint_id, _ = add(service, receiver.url, "--account", "wh-retry-a", "--event", "PaymentCaptured")
+        await open_accounts(service, "wh-retry-a", "wh-retry-b")
+        await fund(service, "wh-retry-fund", "wh-retry-a", 1_000)
+        await service.driver.pay("wh-retry-pay", "wh-retry-a", "wh-retry-b", 10)
+        captured = await outcome(service.driver, payment_id_for("wh-retry-pay"))
+        await poll(lambda: _now(len(receiver.received)), lambda n: n >= 3, what="three attempts")
+        assert [h["webhook-id"] for h, _ in receiver.received] == [captured["event_id"]] * 3
+        status, page = await http(
+            "GET", f"{service.workers[0].url}/v1/webhook_endpoints/{endpoint_id}/deliveries"
+        )
+        assert status == 200, page
+        [delivery] = page["items"]
+        assert delivery["status"] == "delivered" and delivery["attempts"] == 3
+        assert [a["status_code"] for a in delivery["log"]] == [500, 500, 200]
+        assert all(a["latency_seconds"] >= 0 for a in delivery["log"])
+    finally:
+        await receiver.stop()
+
+
+async def test_a_receiver_down_for_a_while_gets_everything_once_back(service: Service) -> None:
+    receiver = Receiver()  # not listening yet
+    add(service, receiver.url, "--account", "wh-down-a")
+    await open_accounts(service, "wh-down-a", "wh-down-b")
+    await fund(service, "wh-down-fund", "wh-down-a", 10_000)
+    keys = [f"wh-down-pay-{n}" for n in range(5)]
+    for key in keys:
+        await service.driver.pay(key, "wh-down-a", "wh-down-b", 10)
+    expected = await outcomes_of(service, keys)
+    await asyncio.sleep(1.5)  # attempts fail with the connection refused meanwhile
+    await receiver.start()
+    try:
+        await poll(
+            lambda: _now(receiver.ids()),
+            lambda ids: set(expected) <= set(ids),
+            timeout_seconds=30,
+            what="the deliveries after the receiver came back",
+        )
+    finally:
+        await receiver.stop()
+
+
+async def test_a_hanging_receiver_does_not_hold_up_another(service: Service) -> None:
+    async def hangs(_: int) -> int:
+        await asyncio.sleep(30)
+        return 200
+
+    stuck, fine = await Receiver(hangs).start(), await Receiver().start()
+    try:
+        add(service, stuck.url, "--account", "wh-hang-a")
+        add(service, fine.url, "--account", "wh-hang-a")
+        await open_accounts(service, "wh-hang-a", "wh-hang-b")
+        await fund(service, "wh-hang-fund", "wh-hang-a", 10_000)
+        keys = [f"wh-hang-pay-{n}" for n in range(10)]
+        for key in keys:
+            await service.driver.pay(key, "wh-hang-a", "wh-hang-b", 10)
+        expected = await outcomes_of(service, keys)
+        started = time.monotonic()
+        await poll(
+            lambda: _now(fine.ids()), lambda ids: set(expected) <= set(ids), what="the healthy receiver"
+        )
+        assert time.monotonic() - started < 5 * TIMEOUT_SECONDS
+        assert len(stuck.received) >= 1  # it was tried, and hangs
+    finally:
+        await stuck.stop()
+        await fine.stop()
+
+
+async def test_filters_by_account_and_type(service: Service) -> None:
+    failures, everything_of_b = await Receiver().start(), await Receiver().start()
+    try:
+        add(service, failures.url, "--account", "wh-filter-a", "--event", "PaymentFailed")
+        add(service, everything_of_b.url, "--account", "wh-filter-b")
+        await open_accounts(service, "wh-filter-a", "wh-filter-b", "wh-filter-c")
+        await fund(service, "wh-filter-fund-a", "wh-filter-a", 10_000)
+        await fund(service, "wh-filter-fund-c", "wh-filter-c", 10_000)
+        await service.driver.pay("wh-filter-ok", "wh-filter-a", "wh-filter-c", 10)
+        await service.driver.pay(
+            "wh-filter-no", "wh-filter-a", "wh-filter-c", 10, metadata={"psp_simulation": "decline"}
+        )
+        await service.driver.pay("wh-filter-to-b", "wh-filter-c", "wh-filter-b", 10)
+        declined = await outcomes_of(service, ["wh-filter-no"])
+        to_b = await outcomes_of(service, ["wh-filter-to-b"])
+        await outcomes_of(service, ["wh-filter-ok"])
+        await poll(
+            lambda: _now((set(failures.ids()), set(everything_of_b.ids()))),
+            lambda seen: set(declined) <= seen[0] and set(to_b) <= seen[1],
+            what="the filtered deliveries",
+        )
+        await asyncio.sleep(1)
+        assert set(failures.ids()) == set(declined)
+        assert set(everything_of_b.ids()) == set(to_b)
+    finally:
+        await failures.stop()
+        await everything_of_b.stop()
+
+
+async def test_redeliver_sends_again_under_the_same_webhook_id(service: Service) -> None:
+    receiver = await Receiver().start()
+    try:
+        add(service, receiver.url, "--account", "wh-again-a")
+        await open_accounts(service, "wh-again-a", "wh-again-b")
+        await fund(service, "wh-again-fund", "wh-again-a", 1_000)
+        await service.driver.pay("wh-again-pay", "wh-again-a", "wh-again-b", 10)
+        [event_id] = await outcomes_of(service, ["wh-again-pay"])
+        await poll(lambda: _now(receiver.ids()[event_id]), lambda n: n == 1, what="the first delivery")
+        result = payments(
+            "webhooks",
+            "redeliver",
+            "--event-id",
+            event_id,
+            env={"PAYMENTS_DATABASE_URL": service.database_url},
+        )
+        assert result.returncode == 0 and result.stdout.startswith("1 "), result.stdout + result.stderr
+        await poll(lambda: _now(receiver.ids()[event_id]), lambda n: n == 2, what="the redelivery")
+        first, second = [body for headers, body in receiver.received if headers["webhook-id"] == event_id]
+        assert first == second
+    finally:
+        await receiver.stop()
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_said_and_counted(service: Service) -> None:
+    async def broken(_: int) -> int:
+        return 503
+
+    receiver = await Receiver(broken).start()
+    try:
+        endpoint_id, _ = add(service, receiver.url, "--account", "wh-broken-a")
+        await open_accounts(service, "wh-broken-a", "wh-broken-b")
+        await fund(service, "wh-broken-fund", "wh-broken-a", 1_000)
+
+        async def disabled() -> bool:
+            status, listed = await http("GET", f"{service.workers[0].url}/v1/webhook_endpoints")
+            assert status == 200, listed
+            return any(e["endpoint_id"] == endpoint_id and e["disabled_at"] for e in listed["items"])
+
+        await poll(disabled, bool, timeout_seconds=30, what="the endpoint disabled")
+        log = service.workers[0].log.read_text()
+        assert f"webhook endpoint {endpoint_id}" in log and "disabled" in log
+        status, text = await http("GET", f"{service.workers[0].url}/metrics")
+        # At least this one (an earlier test's hanging receiver may have been disabled too).
+        counted = re.search(r"^payments_webhook_endpoints_disabled_total (\S+)$", text, re.MULTILINE)
+        assert counted and float(counted.group(1)) >= 1, text
+        attempts = len(receiver.received)
+        await asyncio.sleep(1.5)
+        assert len(receiver.received) == attempts  # nothing more is sent to it
+        result = payments(
+            "webhooks", "enable", endpoint_id, env={"PAYMENTS_DATABASE_URL": service.database_url}
+        )
+        assert result.returncode == 0
+    finally:
+        await receiver.stop()
+
+
+async def test_endpoints_over_http_and_the_private_address_guard(service: Service) -> None:
+    base = service.workers[0].url
+    status, made = await http(
+        "POST",
+        f"{base}/v1/webhook_endpoints",
+        {"url": "http://127.0.0.1:9/hooks", "event_types": ["PaymentCaptured"]},
+    )
+    assert (
+        status == 201 and made["secret"].startswith("whsec_") and made["event_types"] == ["PaymentCaptured"]
+    )
+    status, listed = await http("GET", f"{base}/v1/webhook_endpoints")
+    assert made["endpoint_id"] in {e["endpoint_id"] for e in listed["items"]}
+    assert all("secret" not in e for e in listed["items"])
+    status, answer = await http("POST", f"{base}/v1/webhook_endpoints", {"url": "ftp://example.com/x"})
+    assert status == 422 and answer["errors"][0]["field"] == "url"
+    status, answer = await http(
+        "POST",
+        f"{base}/v1/webhook_endpoints",
+        {"url": "https://example.com/x", "event_types": ["PaymentLost"]},
+    )
+    assert status == 422
+    assert (await http("DELETE", f"{base}/v1/webhook_endpoints/{made['endpoint_id']}"))[0] == 204
+    assert (await http("DELETE", f"{base}/v1/webhook_endpoints/{made['endpoint_id']}"))[0] == 404
+    # Without PAYMENTS_WEBHOOK_ALLOW_PRIVATE: loopback, private and plain http are refused.
+    for url in (
+        "http://127.0.0.1:8080/x",
+        "https://127.0.0.1/x",
+        "https://10.1.2.3/x",
+        "https://localhost/x",
+        "https://169.254.169.254/latest",
+    ):
+        result = payments(
+            "webhooks", "add", "--url", url, env={"PAYMENTS_DATABASE_URL": service.database_url}
+        )
+        assert result.returncode == 2 and ("not https" in result.stderr or "address" in result.stderr), (
+            url,
+            result,
+        )
+
+
+async def test_a_kill_mid_delivery_loses_nothing(service: Service) -> None:
+    """Last: it replaces the module's worker."""
+
+    async def slow(_: int) -> int:
+        await asyncio.sleep(0.3)
+        return 200
+
+    receiver = await Receiver(slow).start()
+    try:
+        add(service, receiver.url, "--account", "wh-kill-a")
+        await open_accounts(service, "wh-kill-a", "wh-kill-b")
+        await fund(service, "wh-kill-fund", "wh-kill-a", 100_000)
+        keys = [f"wh-kill-pay-{n}" for n in range(30)]
+        for key in keys:
+            await service.driver.pay(key, "wh-kill-a", "wh-kill-b", 10)
+        expected = await outcomes_of(service, keys)
+        await poll(lambda: _now(len(receiver.received)), lambda n: n >= 3, what="deliveries under way")
+        service.workers[0].kill()
+        assert len(set(receiver.ids()) & set(expected)) < len(expected), "all delivered before the kill"
+        await asyncio.to_thread(service.add_worker)
+        await poll(
+            lambda: _now(receiver.ids()),
+            lambda ids: set(expected) <= set(ids),
+            timeout_seconds=90,
+            what="every delivery after the restart",
+        )
+    finally:
+        await receiver.stop()
+
+
+async def _now(value: Any) -> Any:
+    return value
