@@ -248,7 +248,8 @@ def _kafka_security(env: dict[str, str]) -> dict[str, Any]:
 def _database_url(env: dict[str, str]) -> str | None:
     url = env.get("PAYMENTS_DATABASE_URL") or None
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
-        raise SettingsError(f"PAYMENTS_DATABASE_URL={url!r} is not a postgresql:// URL")
+        # Not echoed: it may hold a password.
+        raise SettingsError("PAYMENTS_DATABASE_URL is not a postgresql:// URL")
     sslmode_name, rootcert_name = _DATABASE_TLS_VARIABLES.values()
     sslmode = _choice(env, sslmode_name, "", DATABASE_SSLMODES) if env.get(sslmode_name) else None
     rootcert = _existing_file(env, rootcert_name)

@@ -180,6 +180,11 @@ class Dispatcher:
             return None, f"no answer within {self.timeout_seconds:g} s", time.monotonic() - started
         except (aiohttp.ClientError, OSError) as failure:
             return None, f"{type(failure).__name__}: {failure}", time.monotonic() - started
+        except Exception as failure:  # noqa: BLE001 - a bad secret or URL: a failed attempt, logged, not a stuck one
+            log.exception(
+                "webhook delivery %d to %s could not be attempted", due.delivery_id, due.endpoint_id
+            )
+            return None, f"{type(failure).__name__}: {failure}", time.monotonic() - started
 
     async def settle(self, due: Due, status: int | None, error: str | None, latency: float) -> None:
         delivered = error is None
@@ -244,15 +249,20 @@ class EndpointRefused(ValueError):
 async def check_url(url: str, allow_private: bool) -> None:
     """Refuse a URL that is not https, or whose host resolves to an address a webhook may
     not reach (both allowed only with PAYMENTS_WEBHOOK_ALLOW_PRIVATE=1)."""
-    refusal = url_refusal(url, allow_private) or literal_refusal(url, allow_private)
+    try:
+        refusal = url_refusal(url, allow_private) or literal_refusal(url, allow_private)
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        (parts.hostname or "").encode("idna")
+    except (ValueError, UnicodeError) as error:
+        raise EndpointRefused(f"{url!r} is not a valid URL: {error}") from None
     if refusal is not None:
         raise EndpointRefused(refusal)
-    parts = urlsplit(url)
     try:
         found = await asyncio.wait_for(
             asyncio.get_running_loop().getaddrinfo(
                 parts.hostname,
-                parts.port or (443 if parts.scheme == "https" else 80),
+                port,
                 type=socket.SOCK_STREAM,
             ),
             RESOLVE_TIMEOUT_SECONDS,

@@ -37,6 +37,10 @@ audit_log = logging.getLogger("payments.audit")
 
 REFRESH_SECONDS = 1.0
 REREAD_SECONDS = 0.25
+READ_TIMEOUT_SECONDS = 2.0
+# Past this without a read (PostgreSQL away), /v1 answers 503 rather than honour a key that
+# may have been revoked meanwhile: the contract gives a revocation 5 s to reach every worker.
+STALE_SECONDS = 4.0
 INTERNAL_PREFIX = "/internal/"
 # The workers' shared secret rides in this header on what they ask each other, and on the
 # API requests one forwards to another (which the first has already counted against the
@@ -56,8 +60,9 @@ class Gate:
     keys: dict[str, ApiKey] | None = None  # by key_id; None until first read
     internal_secret: str | None = None
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    read_at: float = -math.inf  # when the keys were last read
     _reading: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _read_at: float = -math.inf
+    _tried_at: float = -math.inf
 
     async def refresh(self) -> None:
         store = await self.store()
@@ -67,23 +72,32 @@ class Gate:
         # A bucket per live key only: a revoked or unknown one never gets here again.
         self._buckets = {key_id: bucket for key_id, bucket in self._buckets.items() if key_id in self.keys}
 
+    async def read(self) -> None:
+        """Read the keys now, within READ_TIMEOUT_SECONDS (the store would retry for ever)."""
+        await asyncio.wait_for(self.refresh(), READ_TIMEOUT_SECONDS)
+        self.read_at = time.monotonic()
+
     async def read_again(self) -> None:
         """The keys read now for a key_id not known, at most once per REREAD_SECONDS, so
         that made-up keys cannot turn into a stream of queries."""
         async with self._reading:
-            if time.monotonic() - self._read_at >= REREAD_SECONDS:
+            if time.monotonic() - self._tried_at >= REREAD_SECONDS:
+                self._tried_at = time.monotonic()
                 try:
-                    await self.refresh()
-                except Exception:  # noqa: BLE001 - the periodic refresh logs it
+                    await self.read()
+                except Exception:  # noqa: BLE001 - the periodic read logs it
                     pass
-                self._read_at = time.monotonic()
+
+    def stale(self) -> bool:
+        """Keys not read for STALE_SECONDS: one revoked since may still be among them."""
+        return self.keys is None or time.monotonic() - self.read_at > STALE_SECONDS
 
     async def keep_fresh(self) -> None:
         while True:
             try:
-                await self.refresh()
-            except Exception:  # noqa: BLE001 - a failed read keeps the last keys; the next one retries
-                log.warning("could not read the API keys; keeping the last ones read", exc_info=True)
+                await self.read()
+            except Exception:  # noqa: BLE001 - the last keys stay until STALE_SECONDS; the next read retries
+                log.warning("could not read the API keys", exc_info=True)
             await asyncio.sleep(REFRESH_SECONDS)
 
     def internal_headers(self) -> dict[str, str]:
@@ -131,9 +145,11 @@ class Gate:
             return await handler(request)
         if not request.path.startswith("/v1/"):
             return problem(404, f"no such path: {request.path}")
-        if self.keys is None:
+        if self.stale():
             return problem(
-                503, "the API keys have not been read yet; try again shortly", headers={"Retry-After": "1"}
+                503,
+                "the API keys cannot be read now (PostgreSQL); try again shortly",
+                headers={"Retry-After": "1"},
             )
         offered = presented(request.headers.get("Authorization"))
         key = authenticate(self.keys, offered)

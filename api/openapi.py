@@ -75,9 +75,7 @@ def _schemas() -> dict[str, Any]:
 
 
 def _body_schema(body: Body, schemas: dict[str, Any]) -> dict[str, Any]:
-    schema = copy.deepcopy(
-        body.model.model_json_schema(mode="validation", ref_template=SCHEMAS + "{model}")
-    )
+    schema = copy.deepcopy(body.model.model_json_schema(mode="validation", ref_template=SCHEMAS + "{model}"))
     schemas.update(schema.pop("$defs", {}))
     for name in body.given_elsewhere:
         schema["properties"].pop(name, None)

@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -84,6 +84,8 @@ INTERNAL_TIMEOUT_SECONDS = 2.0
 KEY_USE_PATH = "/internal/idempotency-keys"
 RECORD_PATH = "/internal/payments"
 KEY_USE = msgspec.json.Decoder(KeyUse)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 PAYMENT = msgspec.json.Decoder(Payment)
 
 
@@ -149,12 +151,23 @@ def moment(query: dict[str, Any], name: str) -> datetime | None:
         raise ValueError(f"{name}: {raw!r} is not an RFC 3339 time") from None
     if value.tzinfo is None:
         raise ValueError(f"{name}: {raw!r} has no time zone offset")
+    if not in_range(value):
+        raise ValueError(f"{name}: {raw!r} is outside the years 1970 to 9000")
     return value
 
 
-def refused(key: ApiKey, *account_ids: str) -> Response | None:
+def in_range(value: datetime) -> bool:
+    """PostgreSQL converts to UTC: a time at the edge of datetime's range would overflow."""
+    return EARLIEST <= value <= LATEST
+
+
+def refused(key: ApiKey, *account_ids: str, what: str | None = None) -> Response | None:
+    """403 when the key covers none of the accounts; `what` names the thing refused instead
+    of the accounts (a payment's parties are not the caller's to learn)."""
     reason = outside_accounts(key, *account_ids)
-    return None if reason is None else problem(403, reason)
+    if reason is None:
+        return None
+    return problem(403, reason if what is None else f"the API key {key.name!r} is not allowed for {what}")
 
 
 # --- answers --------------------------------------------------------------------------------------
@@ -293,7 +306,12 @@ class Api:
             raw = await self.ask(at_home, f"{RECORD_PATH}/{quote(payment_id, safe='')}")
         except (TimeoutError, aiohttp.ClientError) as error:
             raise OwnerUnknown(f"the payment's home ({at_home}) did not answer") from error
-        return None if raw is None else PAYMENT.decode(raw)
+        try:
+            return None if raw is None else PAYMENT.decode(raw)
+        except msgspec.DecodeError as error:  # a worker of another version, mid-upgrade
+            raise OwnerUnknown(
+                f"the payment's home ({at_home}) answered what this worker cannot read"
+            ) from error
 
     async def first_use(self, key: str) -> KeyUse | None:
         """What the key was first used for, from the intake's registry on whichever worker
@@ -378,7 +396,7 @@ class Api:
         if record is None:
             return problem(404, f"payment {payment_id} not found")
         involved = (record.request.debtor_account_id, record.request.creditor_account_id)
-        if (refusal := refused(request[API_KEY], *involved)) is not None:
+        if (refusal := refused(request[API_KEY], *involved, what=f"payment {payment_id}")) is not None:
             return refusal
         return json_answer(payment_view(record))
 
@@ -395,7 +413,11 @@ class Api:
         if record is None:
             return problem(404, f"payment {payment_id} not found")
         # The refund takes the money back from the creditor: the key must act for it.
-        if (refusal := refused(request[API_KEY], record.request.creditor_account_id)) is not None:
+        if (
+            refusal := refused(
+                request[API_KEY], record.request.creditor_account_id, what=f"payment {payment_id}"
+            )
+        ) is not None:
             return refusal
         fingerprint = command.fingerprint()
         async with self.in_flight.hold(refund_id_for(payment_id, key)):
@@ -756,7 +778,7 @@ def cursor(query: dict[str, Any]) -> tuple[datetime, str] | None:
         at = datetime.fromisoformat(created)
     except ValueError:
         raise ValueError(f"cursor: {raw!r} is not a cursor this API gave") from None
-    if not payment_id or at.tzinfo is None:
+    if not payment_id or at.tzinfo is None or not in_range(at):
         raise ValueError(f"cursor: {raw!r} is not a cursor this API gave")
     return at, payment_id
 

@@ -94,7 +94,12 @@ WITH ranked AS (
       AND e.removed_at IS NULL AND e.disabled_at IS NULL AND NOT (d.endpoint_id = ANY($2::text[]))
 ), chosen AS (
     SELECT d.delivery_id FROM webhook_deliveries AS d JOIN ranked AS r USING (delivery_id)
-    WHERE r.place <= $4 ORDER BY d.next_attempt_at LIMIT $1
+    WHERE r.place <= $4
+      -- Again here: a row another claim leased (and committed) after `ranked` read it is
+      -- re-checked by PostgreSQL when locked only against this statement's own conditions.
+      AND d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.leased_until IS NULL OR d.leased_until < now())
+    ORDER BY d.next_attempt_at LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE webhook_deliveries AS d
@@ -138,7 +143,8 @@ BACKLOG = """
 SELECT count(*) AS pending,
        coalesce(extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE next_attempt_at <= now())),
                 0)::float8 AS oldest_due
-FROM webhook_deliveries WHERE status = 'pending'
+FROM webhook_deliveries AS d JOIN webhook_endpoints AS e USING (endpoint_id)
+WHERE d.status = 'pending' AND e.removed_at IS NULL AND e.disabled_at IS NULL
 """
 
 
@@ -239,10 +245,15 @@ async def settle(
     async with connection.transaction():
         await connection.execute(LOG_ATTEMPT, due.delivery_id, status_code, latency_seconds, error)
         if delivered:
-            await connection.execute(DELIVERED, due.delivery_id, due.lease_token)
-            await connection.execute(ENDPOINT_SUCCEEDED, due.endpoint_id)
+            status = await connection.execute(DELIVERED, due.delivery_id, due.lease_token)
+            if status.split()[-1] == "1":
+                await connection.execute(ENDPOINT_SUCCEEDED, due.endpoint_id)
             return False
-        await connection.execute(NOT_DELIVERED, due.delivery_id, due.lease_token, retry_in_seconds, error)
+        status = await connection.execute(
+            NOT_DELIVERED, due.delivery_id, due.lease_token, retry_in_seconds, error
+        )
+        if status.split()[-1] != "1":  # the lease ran out and another claim has it: its answer counts
+            return False
         return bool(
             await connection.fetchval(
                 ENDPOINT_FAILED, due.endpoint_id, disable_after_seconds, error or f"status {status_code}"
@@ -294,7 +305,7 @@ async def redeliver(
 
 
 async def backlog(connection: asyncpg.Connection) -> tuple[int, float]:
-    """(deliveries pending, seconds since the oldest one became due; 0 when none is)."""
+    """(deliveries pending to live endpoints, seconds since the oldest became due; 0: none is)."""
     row = await connection.fetchrow(BACKLOG)
     assert row is not None
     return int(row["pending"]), float(row["oldest_due"])

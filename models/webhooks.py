@@ -9,9 +9,12 @@ operator can send it again).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import random
+import re
 import secrets
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +41,9 @@ JITTER = 0.1
 # The fields of an event that name the accounts it involves.
 ACCOUNT_FIELDS = ("debtor_account_id", "creditor_account_id", "account_id")
 SECRET_PREFIX = "whsec_"
+_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+# IPv6 prefixes that carry an IPv4 address a gateway may route to (NAT64, RFC 6052).
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +85,18 @@ def notice_of(topic: str, raw: bytes | None) -> Notice | Unreadable:
         occurred_at = datetime.fromisoformat(str(value.get("occurred_at")))
     except ValueError:
         return Unreadable("occurred_at is not an RFC 3339 time")
-    accounts = tuple(str(value[f]) for f in ACCOUNT_FIELDS if isinstance(value.get(f), str))
-    return Notice(str(value["event_id"]), expected, accounts, occurred_at, raw)
+    try:
+        event_id = str(uuid.UUID(str(value["event_id"])))
+    except ValueError:
+        return Unreadable("event_id is not a UUID")
+    if occurred_at.tzinfo is None:
+        return Unreadable("occurred_at has no time zone offset")
+    # Only what could be an account id: anything else (a NUL byte...) would make the
+    # database refuse the batch, and the read side would stop at it after every restart.
+    accounts = tuple(
+        value[f] for f in ACCOUNT_FIELDS if isinstance(value.get(f), str) and _ID.match(value[f])
+    )
+    return Notice(event_id, expected, accounts, occurred_at, raw)
 
 
 def retry_delay(
@@ -106,7 +122,9 @@ def parse_schedule(text: str) -> tuple[float, ...]:
 
 
 def new_secret() -> str:
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
+    """Standard Webhooks' form: the prefix, then 32 random bytes in standard base64 (what
+    every verifier decodes; URL-safe base64 would give some of them another key)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def new_endpoint_id() -> str:
@@ -128,9 +146,22 @@ def url_refusal(url: str, allow_private: bool) -> str | None:
 def address_refusal(address: str, allow_private: bool) -> str | None:
     """Why a webhook may not reach this IP address (loopback, private, link-local...)."""
     ip = ipaddress.ip_address(address)
-    if allow_private or ip.is_global:
+    if allow_private or all(candidate.is_global for candidate in _reachable(ip)):
         return None
     return (
         f"{address} is a loopback, private, link-local or reserved address "
         "(allowed only with PAYMENTS_WEBHOOK_ALLOW_PRIVATE=1)"
     )
+
+
+def _reachable(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The address and every IPv4 address it embeds (mapped, 6to4, Teredo, NAT64, the
+    deprecated IPv4-compatible form): each must be public."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        found += [v4 for v4 in (ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())) if v4 is not None]
+        if ip in NAT64 or int(ip) >> 32 == 0:  # 64:ff9b::a.b.c.d, ::a.b.c.d
+            found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found

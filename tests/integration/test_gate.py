@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from api.gate import API_KEY, REFRESH_SECONDS, Gate
+from api.gate import API_KEY, REFRESH_SECONDS, STALE_SECONDS, Gate
 from harness.api_keys import new_key
 from ledger.api_keys import NameTaken
 from ledger.migrate import migrate
@@ -122,3 +122,23 @@ async def test_a_key_is_never_stored_and_names_are_never_reused(
     await store.revoke_api_key("once")
     with pytest.raises(NameTaken):
         await new_key(database_url, "once", ["payments:read"])
+
+
+async def test_keys_that_cannot_be_read_any_more_are_not_honoured(gated: tuple[str, Gate, LedgerStore],
+                                                                 database_url: str) -> None:
+    """PostgreSQL away: past STALE_SECONDS the gate answers 503 rather than honour a key that
+    may have been revoked meanwhile (the contract gives a revocation 5 s)."""
+    base, gate, _ = gated
+    key = await new_key(database_url, "while-away", ["accounts:read"])
+    await asyncio.sleep(REFRESH_SECONDS * 1.5)
+    assert (await call(f"{base}/v1/accounts/a", key))[0] == 200
+
+    async def unreachable() -> LedgerStore:
+        raise ConnectionRefusedError("PostgreSQL is away")
+
+    gate.store = unreachable
+    deadline = time.monotonic() + STALE_SECONDS + 2 * REFRESH_SECONDS + 1
+    while (status := (await call(f"{base}/v1/accounts/a", key))[0]) == 200:
+        assert time.monotonic() < deadline, "keys read long ago were still honoured"
+        await asyncio.sleep(0.6)  # within the key's rate (2/s)
+    assert status == 503

@@ -164,6 +164,45 @@ async def test_a_hanging_receiver_does_not_hold_up_another(service: Service) -> 
         await fine.stop()
 
 
+async def test_one_dead_receiver_among_a_hundred_healthy_ones_changes_nothing_for_them(
+    service: Service,
+) -> None:
+    async def hangs(_: int) -> int:
+        await asyncio.sleep(30)
+        return 200
+
+    dead = await Receiver(hangs).start()
+    healthy = [await Receiver().start() for _ in range(100)]
+    try:
+        for receiver in [dead, *healthy]:
+            status, made = await http(
+                "POST",
+                f"{service.workers[0].url}/v1/webhook_endpoints",
+                {"url": receiver.url, "accounts": ["wh-many-a"]},
+            )
+            assert status == 201, made
+        await open_accounts(service, "wh-many-a", "wh-many-b")
+        await fund(service, "wh-many-fund", "wh-many-a", 10_000)
+        keys = [f"wh-many-pay-{n}" for n in range(5)]
+        started = time.monotonic()
+        for key in keys:
+            await service.driver.pay(key, "wh-many-a", "wh-many-b", 10)
+        expected = await outcomes_of(service, keys)
+        await poll(
+            lambda: _now([set(r.ids()) for r in healthy]),
+            lambda seen: all(set(expected) <= ids for ids in seen),
+            timeout_seconds=30,
+            what="every healthy receiver's deliveries",
+        )
+        took = time.monotonic() - started
+        count = len(healthy) * len(expected)
+        print(f"\n{count} deliveries to 100 healthy receivers beside a hanging one: {took:.1f} s")
+        assert took < 4 * TIMEOUT_SECONDS, took  # never a hanging attempt's timeout per delivery
+    finally:
+        for receiver in [dead, *healthy]:
+            await receiver.stop()
+
+
 async def test_filters_by_account_and_type(service: Service) -> None:
     failures, everything_of_b = await Receiver().start(), await Receiver().start()
     try:

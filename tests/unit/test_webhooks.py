@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import random
 from datetime import UTC, datetime
 
@@ -14,6 +17,7 @@ from models.webhooks import (
     JITTER,
     Endpoint,
     address_refusal,
+    new_secret,
     notice_of,
     parse_schedule,
     retry_delay,
@@ -21,11 +25,12 @@ from models.webhooks import (
 )
 
 AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+EVENT_ID = "5c1d3b8e-0a47-4e59-9f3e-3b7a2d1c9e10"
 
 
 def event(event_type: str, **fields: object) -> bytes:
     return orjson.dumps(
-        {"event_id": "e-1", "event_type": event_type, "occurred_at": AT.isoformat(), **fields}
+        {"event_id": EVENT_ID, "event_type": event_type, "occurred_at": AT.isoformat(), **fields}
     )
 
 
@@ -36,7 +41,7 @@ def test_a_notice_names_the_accounts_its_event_involves() -> None:
     )
     assert not isinstance(captured, Unreadable)
     assert captured.accounts == ("a", "b") and captured.event_type == "PaymentCaptured"
-    assert captured.occurred_at == AT and orjson.loads(captured.payload)["event_id"] == "e-1"
+    assert captured.occurred_at == AT and orjson.loads(captured.payload)["event_id"] == EVENT_ID
     funded = notice_of("fintech.events.AccountFunded", event("AccountFunded", account_id="c"))
     assert not isinstance(funded, Unreadable) and funded.accounts == ("c",)
     unknown_payment = notice_of("fintech.events.RefundFailed", event("RefundFailed", debtor_account_id=None))
@@ -109,3 +114,22 @@ def test_urls_and_addresses_a_webhook_may_not_reach() -> None:
         assert address_refusal(address, allow_private=True) is None
     for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"):
         assert address_refusal(address, allow_private=False) is None
+
+
+def test_every_secret_made_is_one_the_standard_verifier_reads_the_same_way() -> None:
+    from standardwebhooks.webhooks import Webhook
+
+    for _ in range(500):
+        secret = new_secret()
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        assert len(key) == 32
+        signature = Webhook(secret).sign("msg_1", AT, "{}")
+        expected = hmac.new(key, f"msg_1.{int(AT.timestamp())}.{{}}".encode(), hashlib.sha256).digest()
+        assert signature == "v1," + base64.b64encode(expected).decode()
+
+
+def test_ipv6_forms_that_embed_a_private_ipv4_address_are_refused() -> None:
+    for address in ("64:ff9b::a00:5", "2002:7f00:1::", "::127.0.0.1", "::ffff:10.0.0.1",
+                    "2001:0:4136:e378:8000:63bf:f5ff:fffe"):  # Teredo, client 10.0.0.1
+        assert address_refusal(address, allow_private=False), address
+    assert address_refusal("64:ff9b::5db8:d822", allow_private=False) is None  # NAT64 of 93.184.216.34
