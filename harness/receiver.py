@@ -40,7 +40,8 @@ class Receiver:
 
         app = web.Application()
         app.router.add_post("/hooks", hook)
-        self._runner = web.AppRunner(app)
+        # Stopped at once, whatever a hanging behaviour is still doing.
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         return self

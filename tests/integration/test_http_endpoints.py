@@ -1,9 +1,17 @@
-"""The endpoints a merchant integrating over HTTP uses beyond paying: accounts opened and
-funded, refunds, the payment's full view, an account's payments and statement."""
+"""The endpoints a merchant integrating over HTTP uses beyond paying (accounts opened and
+funded, refunds, the payment's full view, an account's payments and statement), the
+README's quickstart, and the whole API against its OpenAPI document (schemathesis); one
+service for all three."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -16,8 +24,11 @@ from tests.integration.test_http_api import body, post_payment, status_is
 async def api(
     service: Service, method: str, path: str, body: Any = None, key: str | None = None
 ) -> tuple[int, Any]:
+    """The answer, asked again (as a client would, with the same key) while it is a 503:
+    a worker answers so while its partitions are being assigned, just after it starts."""
     headers = {"Idempotency-Key": key} if key else {}
-    return await http(method, f"{service.workers[0].url}{path}", body, headers)
+    return await poll(lambda: http(method, f"{service.workers[0].url}{path}", body, headers),
+                      lambda answer: answer[0] != 503, what=f"{method} {path} answered")
 
 
 async def test_the_whole_flow_over_http(service: Service) -> None:
@@ -179,3 +190,85 @@ async def test_the_payments_of_an_account_filtered_and_paged(service: Service) -
     assert (await api(service, "GET", "/v1/accounts/list-a/payments?status=lost"))[0] == 422
     assert (await api(service, "GET", "/v1/accounts/list-a/payments?cursor=nonsense"))[0] == 422
     assert (await api(service, "GET", "/v1/accounts/list-nobody/payments"))[0] == 404
+
+
+# --- the README's quickstart, pasted into bash as a newcomer would ------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def quickstart() -> str:
+    found = re.search(r"```bash quickstart\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert found, "README.md has no ```bash quickstart block"
+    return found.group(1)
+
+
+def test_the_readme_quickstart_runs_as_written(service: Service) -> None:
+    env = {**os.environ, "API": service.workers[0].url, "PAYMENTS_DATABASE_URL": service.database_url,
+           "PAYMENTS_KAFKA_BOOTSTRAP": service.bootstrap}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", quickstart()], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The output is the answers, one JSON value after another: read them all.
+    decoder, text, values = json.JSONDecoder(), result.stdout, []
+    position = 0
+    while position < len(text.rstrip()):
+        while text[position].isspace():
+            position += 1
+        value, position = decoder.raw_decode(text, position)
+        values.append(value)
+    opened = [v for v in values if isinstance(v, dict) and v.get("currency") == "EUR" and "posted" in v]
+    assert {v["account_id"] for v in opened} == {"alice", "bob"}
+    funded = next(v for v in values if isinstance(v, dict) and v.get("idempotency_key") == "fund-alice-1")
+    assert funded["status"] == "funded"
+    view = next(v for v in values if isinstance(v, dict) and "refunds" in v)
+    assert view["status"] == "partially_refunded" and view["refunded"] == 500
+    assert view["refunds"][0]["status"] == "refunded" and view["debtor_account_id"] == "alice"
+    statement = [v for v in values if isinstance(v, dict) and set(v) == {"amount", "balance_after"}]
+    assert [(e["amount"], e["balance_after"]) for e in statement][:3] == [(10_000, 10_000), (-2_500, 7_500),
+                                                                          (500, 8_000)]
+    listed = [v for v in values if isinstance(v, dict) and set(v) == {"payment_id", "status", "refunded"}]
+    assert listed and listed[0]["refunded"] == 500, listed
+
+
+# --- schemathesis over the OpenAPI document: generated requests with a valid key find no
+# server error and no answer the document does not describe --------------------------------
+
+# Enough generated cases per operation to reach every branch of the views without
+# making the suite slow (the whole run takes well under a minute here).
+EXAMPLES_PER_OPERATION = 25
+
+
+async def test_schemathesis_finds_nothing_the_document_does_not_say(service: Service, tmp_path: Path) -> None:
+    await open_accounts(service, "st-a", "st-b")
+    await fund(service, "st-fund-a", "st-a", 1_000_000)
+    base = service.workers[0].url
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "run",
+            f"{base}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {service.api_key}",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "ignored_auth,positive_data_acceptance",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(EXAMPLES_PER_OPERATION),
+            "--seed",
+            "7",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "20",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]

@@ -140,7 +140,7 @@ async def test_a_receiver_down_for_a_while_gets_everything_once_back(service: Se
 
 async def test_a_hanging_receiver_does_not_hold_up_another(service: Service) -> None:
     async def hangs(_: int) -> int:
-        await asyncio.sleep(30)
+        await asyncio.sleep(3 * TIMEOUT_SECONDS)  # longer than an attempt may take
         return 200
 
     stuck, fine = await Receiver(hangs).start(), await Receiver().start()
@@ -168,7 +168,7 @@ async def test_one_dead_receiver_among_a_hundred_healthy_ones_changes_nothing_fo
     service: Service,
 ) -> None:
     async def hangs(_: int) -> int:
-        await asyncio.sleep(30)
+        await asyncio.sleep(3 * TIMEOUT_SECONDS)  # longer than an attempt may take
         return 200
 
     dead = await Receiver(hangs).start()
