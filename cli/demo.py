@@ -63,7 +63,10 @@ def _serve(bootstrap: str, database_url: str, worker: WorkerProcess) -> None:
     console.print("\nthe worker keeps running; in another shell:\n")
     print(f"export PAYMENTS_KAFKA_BOOTSTRAP={bootstrap}")
     print(f"export PAYMENTS_DATABASE_URL={database_url}")
-    print(f"export API={worker.url}\n", flush=True)
+    print(f"export API={worker.url}")
+    # This worker lets webhooks reach loopback (a receiver of your own beside it); so must
+    # the CLI that registers one.
+    print("export PAYMENTS_WEBHOOK_ALLOW_PRIVATE=1\n", flush=True)
     console.print("Ctrl-C stops the worker, the broker and PostgreSQL.")
     try:
         while worker.process is not None and worker.process.poll() is None:
