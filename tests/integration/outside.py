@@ -7,6 +7,7 @@ worker, broker or PostgreSQL, never through the service's own modules.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 import urllib.error
@@ -57,12 +58,14 @@ async def get(url: str, key: str | None = None) -> tuple[int, Any]:
     return await http("GET", url, key=key)
 
 
-async def poll(probe: Callable[[], Awaitable[T]], condition: Callable[[T], bool],
+async def poll(probe: Callable[[], Awaitable[T] | T], condition: Callable[[T], bool],
                timeout_seconds: float = 20.0, what: str = "condition") -> T:
-    """Ask again (every 50 ms) until the answer satisfies the condition."""
+    """Ask again (every 50 ms) until the answer satisfies the condition; the probe may be a
+    coroutine function (an HTTP call) or a plain one (a look at what a receiver recorded)."""
     deadline = time.monotonic() + timeout_seconds
     while True:
-        value = await probe()
+        answer = probe()
+        value: T = await answer if inspect.isawaitable(answer) else answer  # type: ignore[assignment]
         if condition(value):
             return value
         if time.monotonic() > deadline:

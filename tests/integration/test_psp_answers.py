@@ -178,6 +178,14 @@ def published_about(service: Service, payment_id: str) -> dict[str, list[bytes]]
     return {topic: [r.value for r in events[topic] if r.key == key] for topic in OUTBOUND_TOPICS}
 
 
+async def all_published(service: Service, payment_id: str, *event_types: str) -> None:
+    """Wait until the driver has seen these events about the payment: the topics are read
+    independently, so an outcome can arrive before the intermediate facts that preceded it."""
+    topics = [f"fintech.events.{event_type}" for event_type in event_types]
+    await service.driver.wait_for(lambda: all(published_about(service, payment_id)[t] for t in topics),
+                                  timeout_seconds=20, what=f"{', '.join(event_types)} of {payment_id}")
+
+
 def dead_letters(service: Service) -> int:
     return len(service.driver.events[DEAD_LETTER])
 
@@ -207,6 +215,7 @@ async def test_a_late_approval_after_compensation_moves_no_money(service: Servic
     [gave_up] = await steps_about(service, payment_id, "PspAnswered")
     assert gave_up.step.result == "gave_up" and gave_up.step.origin == position(request)
     _, view_before = await payment_view(service, payment_id)
+    await all_published(service, payment_id, "PaymentInitiated", "PaymentFailed")
     published_before, dead_before = published_about(service, payment_id), dead_letters(service)
 
     # The provider answers at last (as the call would: the request's position as origin),
@@ -263,6 +272,7 @@ async def test_a_repeated_or_contradicting_answer_after_the_capture_changes_noth
     first = answered.step
     assert (first.result, first.psp_reference) == ("approved", captured["psp_reference"])
     _, view_before = await payment_view(service, payment_id)
+    await all_published(service, payment_id, "PaymentInitiated", "PaymentAuthorized", "PaymentCaptured")
     published_before, dead_before = published_about(service, payment_id), dead_letters(service)
 
     # The very same bytes again (a provider or a restarted call answering twice), then a

@@ -68,7 +68,7 @@ async def test_every_outcome_reaches_a_healthy_receiver_once_signed(service: Ser
         expected = await outcomes_of(service, keys)
         await service.driver.refund("wh-refund-1", payment_id_for("wh-pay-0"), 50)
         await poll(
-            lambda: _now(receiver.ids()),
+            lambda: receiver.ids(),
             lambda ids: set(expected) <= set(ids) and len(ids) >= len(expected) + 2,
             what="every outcome, the funding and the refund delivered",
         )
@@ -102,7 +102,7 @@ async def test_two_500s_then_200_delivers_on_the_third_attempt(service: Service)
         await fund(service, "wh-retry-fund", "wh-retry-a", 1_000)
         await service.driver.pay("wh-retry-pay", "wh-retry-a", "wh-retry-b", 10)
         captured = await outcome(service.driver, payment_id_for("wh-retry-pay"))
-        await poll(lambda: _now(len(receiver.received)), lambda n: n >= 3, what="three attempts")
+        await poll(lambda: len(receiver.received), lambda n: n >= 3, what="three attempts")
         assert [h["webhook-id"] for h, _ in receiver.received] == [captured["event_id"]] * 3
         status, page = await http(
             "GET", f"{service.workers[0].url}/v1/webhook_endpoints/{endpoint_id}/deliveries"
@@ -129,7 +129,7 @@ async def test_a_receiver_down_for_a_while_gets_everything_once_back(service: Se
     await receiver.start()
     try:
         await poll(
-            lambda: _now(receiver.ids()),
+            lambda: receiver.ids(),
             lambda ids: set(expected) <= set(ids),
             timeout_seconds=30,
             what="the deliveries after the receiver came back",
@@ -155,7 +155,7 @@ async def test_a_hanging_receiver_does_not_hold_up_another(service: Service) -> 
         expected = await outcomes_of(service, keys)
         started = time.monotonic()
         await poll(
-            lambda: _now(fine.ids()), lambda ids: set(expected) <= set(ids), what="the healthy receiver"
+            lambda: fine.ids(), lambda ids: set(expected) <= set(ids), what="the healthy receiver"
         )
         assert time.monotonic() - started < 5 * TIMEOUT_SECONDS
         assert len(stuck.received) >= 1  # it was tried, and hangs
@@ -189,7 +189,7 @@ async def test_one_dead_receiver_among_a_hundred_healthy_ones_changes_nothing_fo
             await service.driver.pay(key, "wh-many-a", "wh-many-b", 10)
         expected = await outcomes_of(service, keys)
         await poll(
-            lambda: _now([set(r.ids()) for r in healthy]),
+            lambda: [set(r.ids()) for r in healthy],
             lambda seen: all(set(expected) <= ids for ids in seen),
             timeout_seconds=30,
             what="every healthy receiver's deliveries",
@@ -220,7 +220,7 @@ async def test_filters_by_account_and_type(service: Service) -> None:
         to_b = await outcomes_of(service, ["wh-filter-to-b"])
         await outcomes_of(service, ["wh-filter-ok"])
         await poll(
-            lambda: _now((set(failures.ids()), set(everything_of_b.ids()))),
+            lambda: (set(failures.ids()), set(everything_of_b.ids())),
             lambda seen: set(declined) <= seen[0] and set(to_b) <= seen[1],
             what="the filtered deliveries",
         )
@@ -240,7 +240,7 @@ async def test_redeliver_sends_again_under_the_same_webhook_id(service: Service)
         await fund(service, "wh-again-fund", "wh-again-a", 1_000)
         await service.driver.pay("wh-again-pay", "wh-again-a", "wh-again-b", 10)
         [event_id] = await outcomes_of(service, ["wh-again-pay"])
-        await poll(lambda: _now(receiver.ids()[event_id]), lambda n: n == 1, what="the first delivery")
+        await poll(lambda: receiver.ids()[event_id], lambda n: n == 1, what="the first delivery")
         result = payments(
             "webhooks",
             "redeliver",
@@ -249,7 +249,7 @@ async def test_redeliver_sends_again_under_the_same_webhook_id(service: Service)
             env={"PAYMENTS_DATABASE_URL": service.database_url},
         )
         assert result.returncode == 0 and result.stdout.startswith("1 "), result.stdout + result.stderr
-        await poll(lambda: _now(receiver.ids()[event_id]), lambda n: n == 2, what="the redelivery")
+        await poll(lambda: receiver.ids()[event_id], lambda n: n == 2, what="the redelivery")
         first, second = [body for headers, body in receiver.received if headers["webhook-id"] == event_id]
         assert first == second
     finally:
@@ -345,12 +345,12 @@ async def test_a_kill_mid_delivery_loses_nothing(service: Service) -> None:
         for key in keys:
             await service.driver.pay(key, "wh-kill-a", "wh-kill-b", 10)
         expected = await outcomes_of(service, keys)
-        await poll(lambda: _now(len(receiver.received)), lambda n: n >= 3, what="deliveries under way")
+        await poll(lambda: len(receiver.received), lambda n: n >= 3, what="deliveries under way")
         service.workers[0].kill()
         assert len(set(receiver.ids()) & set(expected)) < len(expected), "all delivered before the kill"
         await asyncio.to_thread(service.add_worker)
         await poll(
-            lambda: _now(receiver.ids()),
+            lambda: receiver.ids(),
             lambda ids: set(expected) <= set(ids),
             timeout_seconds=90,
             what="every delivery after the restart",
@@ -358,6 +358,3 @@ async def test_a_kill_mid_delivery_loses_nothing(service: Service) -> None:
     finally:
         await receiver.stop()
 
-
-async def _now(value: Any) -> Any:
-    return value
