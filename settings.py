@@ -33,6 +33,10 @@ _DATABASE_TLS_VARIABLES = {"sslmode": "PAYMENTS_DATABASE_SSLMODE",
                            "sslrootcert": "PAYMENTS_DATABASE_SSLROOTCERT"}
 
 
+# Seconds to wait after each failed webhook attempt (the contract's default).
+WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
 class SettingsError(ValueError):
     """A missing or malformed setting; the message names the variable."""
 
@@ -73,7 +77,7 @@ class Settings:
     # http (local development and tests only); how long one attempt may take; how many
     # attempts to one endpoint a worker makes at once; how long an endpoint may fail
     # without a success before it is disabled.
-    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
     webhook_allow_private: bool = False
     webhook_timeout_seconds: float = 15.0
     webhook_concurrency: int = 4
@@ -290,11 +294,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
 
 def _schedule(env: dict[str, str], name: str) -> tuple[float, ...]:
-    from models.webhooks import DEFAULT_SCHEDULE, parse_schedule
+    from models.webhooks import parse_schedule
 
     raw = env.get(name)
     if not raw:
-        return DEFAULT_SCHEDULE
+        return WEBHOOK_RETRY_SCHEDULE
     try:
         return parse_schedule(raw)
     except ValueError as error:

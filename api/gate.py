@@ -123,7 +123,7 @@ class Gate:
         try:
             response = await self._pass(request, handler)
         except web.HTTPException as error:  # the router's own 404 / 405, or a view's
-            response = problem(error.status, error.reason, headers=_kept(error.headers))
+            response = error  # an aiohttp answer like any other: made a problem below
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -183,11 +183,6 @@ class Gate:
 def _template(request: web.Request) -> str | None:
     resource = request.match_info.route.resource
     return None if resource is None else resource.canonical
-
-
-def _kept(headers: object) -> dict[str, str]:
-    found = getattr(headers, "get", lambda name: None)
-    return {name: found(name) for name in ("Allow", "Retry-After") if found(name)}
 
 
 def audit(request: web.Request, operation: str, **about: object) -> None:

@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 from api.problems import CONTENT_TYPE as PROBLEM_TYPE
 from api.problems import TITLES
 from api.routes import GATE_ERRORS, ROUTES, Body, Param, Route
-from infra.asyncapi import differences
+from infra.asyncapi import check_rendered
 from models.http import Problem
 
 DOCUMENT_PATH = Path("docs/openapi.json")
@@ -172,9 +172,4 @@ def write(path: Path = DOCUMENT_PATH) -> None:
 
 def check(path: Path = DOCUMENT_PATH) -> list[str]:
     """What differs between the committed document and a fresh build ([] when up to date)."""
-    if not path.exists():
-        return [f"{path} does not exist"]
-    committed, fresh = path.read_text(), render(build_document())
-    if committed == fresh:
-        return []
-    return differences(json.loads(committed), json.loads(fresh), "") or [f"{path}: different formatting"]
+    return check_rendered(path, render(build_document()), json.loads)

@@ -41,6 +41,11 @@ SLUGS = {
 }
 
 
+# What an answer says besides its body that a client must still see once it is a problem,
+# or once a worker passes another's answer back.
+KEPT_HEADERS = ("Retry-After", "Allow", "WWW-Authenticate")
+
+
 def problem(
     status: int,
     detail: str,
@@ -85,7 +90,7 @@ def as_problem(response: web.StreamResponse) -> web.StreamResponse:
             detail = body.decode(errors="replace").strip() or detail
     passed = {
         name: response.headers[name]
-        for name in ("Retry-After", "Allow", "WWW-Authenticate")
+        for name in KEPT_HEADERS
         if name in response.headers
     }
     return problem(response.status, detail, headers=passed)

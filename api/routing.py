@@ -18,7 +18,7 @@ from aiohttp.web import Request, Response
 from multidict import CIMultiDict
 from yarl import URL
 
-from api.problems import problem
+from api.problems import KEPT_HEADERS, problem
 
 RETRY_AFTER_SECONDS = 1
 # The owner's own work is bounded (RECORD_WAIT_SECONDS per request queued on the same
@@ -30,7 +30,6 @@ FORWARD_TIMEOUT_SECONDS = 30.0
 # assignment disagree (mid-rebalance) cannot bounce a request between them.
 FORWARDED_BY = "X-Payments-Forwarded-By"
 HOP_BY_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-PASSED_BACK = ("Retry-After", "WWW-Authenticate", "Allow")
 
 
 class OwnerUnknown(Exception):
@@ -74,7 +73,7 @@ async def forward(
             request.method, url, headers=headers, data=body, timeout=timeout
         ) as response:
             answer = await response.read()
-            passed = {k: response.headers[k] for k in PASSED_BACK if k in response.headers}
+            passed = {k: response.headers[k] for k in KEPT_HEADERS if k in response.headers}
             return Response(
                 body=answer, status=response.status, headers=passed, content_type=response.content_type
             )

@@ -12,6 +12,7 @@ checks that the key covers the accounts the request involves before it reads or 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -105,19 +106,9 @@ def ready(app: faust.App) -> bool:
 
 def read_command(model: type[CommandT], raw: bytes, given: dict[str, Any]) -> CommandT | Response:
     """The command of a request body with the fields the path and headers give, or the
-    422 that says what is wrong with it."""
-    try:
-        body = loads(raw) if raw.strip() else {}
-    except ValueError as error:
-        return invalid([FieldError(field="body", message=f"not JSON: {error}")])
-    if not isinstance(body, dict):
-        return invalid([FieldError(field="body", message="must be a JSON object")])
-    # The operation names the command: a `type` in the body is not the caller's to choose.
-    given = {**given, "type": model.model_fields["type"].default}
-    try:
-        return model.model_validate({**body, **given})
-    except ValidationError as error:
-        return invalid(list(field_errors(error)))
+    422 that says what is wrong with it. The operation names the command: a `type` in the
+    body is not the caller's to choose."""
+    return read_body(model, raw, {**given, "type": model.model_fields["type"].default})
 
 
 def query_errors(request: Request, parse: Callable[[dict[str, Any]], Any]) -> Any:
@@ -332,15 +323,19 @@ class Api:
         ):
             return None
 
-    async def wait_for(self, probe: Callable[[], Awaitable[Any]], every_seconds: float) -> Any:
+    async def wait_for(self, probe: Callable[[], Any], every_seconds: float) -> Any:
         """The probe's first answer that is not None, or None after RECORD_WAIT_SECONDS. Polled:
         the table has no change notification, and a look is cheap next to the command's trip
-        through two topics."""
+        through two topics. The probe is a look at a table here, or a coroutine (a question to
+        another worker, or to PostgreSQL)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RECORD_WAIT_SECONDS
-        while (found := await probe()) is None and loop.time() < deadline:
+        while True:
+            found = probe()
+            found = await found if inspect.isawaitable(found) else found
+            if found is not None or loop.time() >= deadline:
+                return found
             await asyncio.sleep(every_seconds)
-        return found
 
     async def publish(self, topic: str, key: str, command: Command) -> None:
         # Sent here, not through the loop's confirmation: a send that fails answers this
@@ -380,7 +375,7 @@ class Api:
                 amount=command.amount,
                 currency=command.currency,
             )
-            record = await self.wait_for(lambda: _now(self.local_record(payment_id)), RECORD_POLL_SECONDS)
+            record = await self.wait_for(lambda: self.local_record(payment_id), RECORD_POLL_SECONDS)
         if record is None:
             # Accepted all the same: the command is durably on the topic and will be
             # processed (slowly: a backlog, or the partition moved to another worker). A
@@ -473,7 +468,7 @@ class Api:
                 return self.known_account(known, fingerprint, 200)
             await self.publish(ACCOUNT_COMMANDS, account_id, command)
             audit(request, "openAccount", account_id=account_id, currency=command.currency)
-            opened = await self.wait_for(lambda: _now(self.local_account(account_id)), RECORD_POLL_SECONDS)
+            opened = await self.wait_for(lambda: self.local_account(account_id), RECORD_POLL_SECONDS)
         if opened is None:
             return json_answer(AccountPending(account_id=account_id, status="pending"), 202)
         return self.known_account(opened, fingerprint, 201)
@@ -757,14 +752,17 @@ def endpoint_view(row: EndpointRow) -> WebhookEndpointView:
     )
 
 
-def read_body(model: type[ModelT], raw: bytes) -> ModelT | Response:
-    """A body of the HTTP API's own (not a command), or the 422 that says what is wrong."""
+def read_body(model: type[ModelT], raw: bytes, given: dict[str, Any] | None = None) -> ModelT | Response:
+    """The model of a JSON object body, with `given` over its fields, or the 422 that says
+    what is wrong with it."""
     try:
         body = loads(raw) if raw.strip() else {}
     except ValueError as error:
         return invalid([FieldError(field="body", message=f"not JSON: {error}")])
+    if not isinstance(body, dict):
+        return invalid([FieldError(field="body", message="must be a JSON object")])
     try:
-        return model.model_validate(body)
+        return model.model_validate({**body, **(given or {})})
     except ValidationError as error:
         return invalid(list(field_errors(error)))
 
@@ -782,9 +780,6 @@ def cursor(query: dict[str, Any]) -> tuple[datetime, str] | None:
         raise ValueError(f"cursor: {raw!r} is not a cursor this API gave")
     return at, payment_id
 
-
-async def _now(value: Any) -> Any:
-    return value
 
 
 def install(app: faust.App, api: Api) -> None:

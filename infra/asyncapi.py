@@ -13,6 +13,7 @@ the events already in the topic, which lack any field added since.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -225,13 +226,18 @@ def write(path: Path = DOCUMENT_PATH) -> None:
 
 def check(path: Path = DOCUMENT_PATH) -> list[str]:
     """What differs between the committed document and a fresh build ([] when up to date)."""
+    return check_rendered(path, render_yaml(build_document()), yaml.safe_load)
+
+
+def check_rendered(path: Path, fresh: str, load: Callable[[str], Any]) -> list[str]:
+    """What differs between a committed document (read with `load`) and its fresh rendering,
+    by path in the document; [] when it is current. Shared by the AsyncAPI and OpenAPI ones."""
     if not path.exists():
         return [f"{path} does not exist"]
-    committed, fresh = path.read_text(), render_yaml(build_document())
+    committed = path.read_text()
     if committed == fresh:
         return []
-    found = differences(yaml.safe_load(committed), yaml.safe_load(fresh), "")
-    return found or [f"{path}: same content, different formatting"]
+    return differences(load(committed), load(fresh), "") or [f"{path}: same content, different formatting"]
 
 
 def differences(committed: Any, fresh: Any, path: str) -> list[str]:

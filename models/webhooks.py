@@ -34,7 +34,6 @@ EVENT_TYPES: tuple[EventType, ...] = (
     "AccountFunded",
 )
 TOPICS: tuple[str, ...] = tuple(f"fintech.events.{event_type}" for event_type in EVENT_TYPES)
-DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 # A delay is stretched or shrunk by up to this fraction, so that the retries of many
 # deliveries that failed together (a receiver's outage) do not all come back at once.
 JITTER = 0.1

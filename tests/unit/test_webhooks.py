@@ -13,7 +13,6 @@ import pytest
 
 from models.codec import Unreadable
 from models.webhooks import (
-    DEFAULT_SCHEDULE,
     JITTER,
     Endpoint,
     address_refusal,
@@ -23,6 +22,7 @@ from models.webhooks import (
     retry_delay,
     url_refusal,
 )
+from settings import WEBHOOK_RETRY_SCHEDULE
 
 AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 EVENT_ID = "5c1d3b8e-0a47-4e59-9f3e-3b7a2d1c9e10"
@@ -85,7 +85,7 @@ def test_the_schedule_gives_each_retry_its_delay_with_jitter_then_ends() -> None
 
 def test_schedules_are_parsed_and_checked() -> None:
     assert parse_schedule("0.2,5, 300") == (0.2, 5, 300)
-    assert DEFAULT_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert WEBHOOK_RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
     for bad in ("", "5,,6", "-1", "soon"):
         with pytest.raises(ValueError):
             parse_schedule(bad)
