@@ -269,9 +269,9 @@ class Api:
             return None
         return await forward(self.app, request, raw, owner, self.gate.internal_headers())
 
-    async def ask(self, owner: URL, path: str) -> bytes | None:
+    async def ask(self, owner: URL, path: str, query: dict[str, str] | None = None) -> bytes | None:
         """A worker's answer to an internal GET; None for a 404."""
-        url = owner.with_path(path)
+        url = owner.with_path(path).with_query(query or {})
         timeout = aiohttp.ClientTimeout(total=INTERNAL_TIMEOUT_SECONDS)
         async with self.app.http_client.get(
             url, headers=self.gate.internal_headers(), timeout=timeout
@@ -294,7 +294,7 @@ class Api:
         if at_home is None:
             return self.local_record(payment_id)
         try:
-            raw = await self.ask(at_home, f"{RECORD_PATH}/{quote(payment_id, safe='')}")
+            raw = await self.ask(at_home, f"{RECORD_PATH}/{quote(payment_id, safe='')}", {"home": str(home)})
         except (TimeoutError, aiohttp.ClientError) as error:
             raise OwnerUnknown(f"the payment's home ({at_home}) did not answer") from error
         try:
@@ -727,10 +727,29 @@ class Api:
         return Response(body=openapi.rendered(), content_type="application/json")
 
     async def internal_record(self, request: Request, payment_id: str) -> Response:
+        """The record of a payment whose home (`?home=`, its debtor) the asker believes is
+        here. Answered only while this worker holds that partition: a worker that has begun
+        a rebalance the asker has not yet heard of has closed its partitions, and its "not
+        held here" would reach the client as a 404 for a payment that exists."""
+        home = request.query.get("home")
+        if home is None:
+            return problem(400, "home: the payment's home account is required")
+        if self.owner(home) is not None:  # OwnerUnknown mid-rebalance: a 503 too
+            raise OwnerUnknown(f"the home of payment {payment_id} is not held here")
         record = self.local_record(payment_id)
         if record is None:
             return problem(404, f"payment {payment_id} not held here")
         return Response(body=msgspec.json.encode(record), content_type="application/json")
+
+    async def internal_key_use(self, request: Request, key: str) -> Response:
+        """What an idempotency key was first used for, answered only where its partition is
+        held (see internal_record)."""
+        if owner_of(self.app, self.keys.name, key) is not None:
+            raise OwnerUnknown(f"idempotency key {key!r} is not held here")
+        use = self.keys.get(key.encode())
+        if use is None:
+            return problem(404, f"idempotency key {key!r} not registered")
+        return Response(body=msgspec.json.encode(use), content_type="application/json")
 
 
 def flag(query: dict[str, Any], name: str) -> bool:
@@ -808,14 +827,7 @@ def install(app: faust.App, api: Api) -> None:
         }
         _page(app, path, by_method)
 
-    @app.page(KEY_USE_PATH + "/{key}")
-    @app.table_route(table=api.keys.table, match_info="key")
-    async def key_use_view(view: Any, request: Request, key: str) -> Response:
-        use = api.keys.get(key.encode())
-        if use is None:
-            return problem(404, f"idempotency key {key!r} not registered")
-        return Response(body=msgspec.json.encode(use), content_type="application/json")
-
+    _page(app, KEY_USE_PATH + "/{key}", {"GET": api.internal_key_use})
     _page(app, RECORD_PATH + "/{payment_id}", {"GET": api.internal_record})
 
 

@@ -58,6 +58,14 @@ async def get(url: str, key: str | None = None) -> tuple[int, Any]:
     return await http("GET", url, key=key)
 
 
+async def answered(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+                   key: str | None = None) -> tuple[int, Any]:
+    """The answer, asked again while it is a 503, as the API tells a client to (with the same
+    Idempotency-Key, if any): a worker answers so while partitions are being reassigned."""
+    return await poll(lambda: http(method, url, body, headers, key), lambda answer: answer[0] != 503,
+                      what=f"{method} {url} answered")
+
+
 async def poll(probe: Callable[[], Awaitable[T] | T], condition: Callable[[T], bool],
                timeout_seconds: float = 20.0, what: str = "condition") -> T:
     """Ask again (every 50 ms) until the answer satisfies the condition; the probe may be a

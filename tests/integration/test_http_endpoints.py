@@ -17,18 +17,17 @@ from urllib.parse import quote
 
 from models.payment import payment_id_for
 from tests.conftest import Service
-from tests.integration.outside import fund, http, open_accounts, outcome, poll, sql
+from tests.integration.outside import answered, fund, open_accounts, outcome, poll, sql
 from tests.integration.test_http_api import body, post_payment, status_is
 
 
 async def api(
     service: Service, method: str, path: str, body: Any = None, key: str | None = None
 ) -> tuple[int, Any]:
-    """The answer, asked again (as a client would, with the same key) while it is a 503:
-    a worker answers so while its partitions are being assigned, just after it starts."""
+    """The first worker's answer, asked again while it is a 503 (just after it starts, its
+    partitions are still being assigned)."""
     headers = {"Idempotency-Key": key} if key else {}
-    return await poll(lambda: http(method, f"{service.workers[0].url}{path}", body, headers),
-                      lambda answer: answer[0] != 503, what=f"{method} {path} answered")
+    return await answered(method, f"{service.workers[0].url}{path}", body, headers)
 
 
 async def test_the_whole_flow_over_http(service: Service) -> None:
