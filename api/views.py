@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from agents import notify
+from agents.monitor import steps_held
 from api import openapi, routes
 from api.gate import API_KEY, Gate, audit
 from api.problems import invalid, problem
@@ -270,39 +271,65 @@ class Api:
         return await forward(self.app, request, raw, owner, self.gate.internal_headers())
 
     async def ask(self, owner: URL, path: str, query: dict[str, str] | None = None) -> bytes | None:
-        """A worker's answer to an internal GET; None for a 404."""
+        """A worker's answer to an internal GET; None for a 404. OwnerUnknown for any other
+        answer, or none."""
         url = owner.with_path(path).with_query(query or {})
         timeout = aiohttp.ClientTimeout(total=INTERNAL_TIMEOUT_SECONDS)
-        async with self.app.http_client.get(
-            url, headers=self.gate.internal_headers(), timeout=timeout
-        ) as response:
-            if response.status == 404:
-                return None
-            if response.status != 200:
-                raise OwnerUnknown(f"{owner} answered {response.status}")
-            return await response.read()
+        try:
+            async with self.app.http_client.get(
+                url, headers=self.gate.internal_headers(), timeout=timeout
+            ) as response:
+                if response.status == 404:
+                    return None
+                if response.status != 200:
+                    raise OwnerUnknown(f"{owner} answered {response.status}")
+                return await response.read()
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise OwnerUnknown(f"{owner} did not answer") from error
 
     def local_record(self, payment_id: str) -> Payment | None:
-        return self.owners.get(payment_key(payment_id))  # type: ignore[return-value]
+        """The payment's record, if its home is one of the partitions this worker processes."""
+        return self.owners.get_in(payment_key(payment_id), steps_held(self.app))  # type: ignore[return-value]
 
     async def record(self, payment_id: str) -> Payment | None:
         """A payment's record, from its home; only where its directory entry is held."""
         home = self.owners.get(home_key(payment_id))
         if home is None:
-            return None
+            # The directory entry is a step of its own, and can trail the payment (its
+            # partition busy, or just reassigned): a payment answered 202 must not be a 404
+            # meanwhile. Every home is asked, which an unknown id costs too.
+            return await self.search(payment_id)
         at_home = self.owner(str(home))
         if at_home is None:
             return self.local_record(payment_id)
+        raw = await self.ask(at_home, f"{RECORD_PATH}/{quote(payment_id, safe='')}", {"home": str(home)})
+        return None if raw is None else self.decoded_record(raw)
+
+    async def search(self, payment_id: str) -> Payment | None:
+        """The payment's record from whichever worker holds its home; None only when every
+        worker answered that it holds no such payment."""
+        if (here := self.local_record(payment_id)) is not None:
+            return here
+        path = f"{RECORD_PATH}/{quote(payment_id, safe='')}"
+        asked = await asyncio.gather(*(self.ask(peer, path) for peer in self.peers()), return_exceptions=True)
+        for answer in asked:
+            if isinstance(answer, BaseException):
+                raise OwnerUnknown(f"a worker did not answer where payment {payment_id} is") from answer
+            if answer is not None:
+                return self.decoded_record(answer)
+        return None
+
+    def peers(self) -> list[URL]:
+        """The other workers holding partitions of the owners' table, from the last assignment."""
+        here = URL(str(self.app.conf.canonical_url))
+        urls = (URL(url) for url in self.app.router.table_metadata(self.owners.name))
+        return [url for url in urls if (url.host, url.port) != (here.host, here.port)]
+
+    def decoded_record(self, raw: bytes) -> Payment:
         try:
-            raw = await self.ask(at_home, f"{RECORD_PATH}/{quote(payment_id, safe='')}", {"home": str(home)})
-        except (TimeoutError, aiohttp.ClientError) as error:
-            raise OwnerUnknown(f"the payment's home ({at_home}) did not answer") from error
-        try:
-            return None if raw is None else PAYMENT.decode(raw)
+            return PAYMENT.decode(raw)
         except msgspec.DecodeError as error:  # a worker of another version, mid-upgrade
-            raise OwnerUnknown(
-                f"the payment's home ({at_home}) answered what this worker cannot read"
-            ) from error
+            raise OwnerUnknown("a worker answered a record this worker cannot read") from error
 
     async def first_use(self, key: str) -> KeyUse | None:
         """What the key was first used for, from the intake's registry on whichever worker
@@ -314,13 +341,7 @@ class Api:
                 return self.keys.get(key.encode())
             raw = await self.ask(owner, f"{KEY_USE_PATH}/{quote(key, safe='')}")
             return None if raw is None else KEY_USE.decode(raw)
-        except (
-            OwnerUnknown,
-            TimeoutError,
-            aiohttp.ClientError,
-            msgspec.DecodeError,
-            msgspec.ValidationError,
-        ):
+        except (OwnerUnknown, msgspec.DecodeError, msgspec.ValidationError):
             return None
 
     async def wait_for(self, probe: Callable[[], Any], every_seconds: float) -> Any:
@@ -728,13 +749,15 @@ class Api:
 
     async def internal_record(self, request: Request, payment_id: str) -> Response:
         """The record of a payment whose home (`?home=`, its debtor) the asker believes is
-        here. Answered only while this worker holds that partition: a worker that has begun
-        a rebalance the asker has not yet heard of has closed its partitions, and its "not
-        held here" would reach the client as a 404 for a payment that exists."""
+        here, or (no home) that the asker looks for everywhere. Answered only while this
+        worker holds its partitions: a worker that has begun a rebalance the asker has not
+        yet heard of has closed them, and its "not held here" would reach the client as a
+        404 for a payment that exists."""
         home = request.query.get("home")
-        if home is None:
-            return problem(400, "home: the payment's home account is required")
-        if self.owner(home) is not None:  # OwnerUnknown mid-rebalance: a 503 too
+        if home is None:  # asked by a search (see `record`)
+            if not ready(self.app):
+                raise OwnerUnknown("partitions are being reassigned")
+        elif self.owner(home) is not None:  # OwnerUnknown mid-rebalance: a 503 too
             raise OwnerUnknown(f"the home of payment {payment_id} is not held here")
         record = self.local_record(payment_id)
         if record is None:

@@ -96,6 +96,17 @@ class StateTable(Generic[ValueT]):
         self._keep(key, value)
         return value
 
+    def get_in(self, key: bytes, partitions: set[int]) -> ValueT | None:
+        """The key's value if it lives in one of `partitions` (those this worker processes,
+        not its standby copies), for a key whose partition its key does not say. A value
+        kept parsed is one this worker applied or read where it lives, since its last
+        recovery."""
+        for partition in partitions:
+            value = self.get(key, partition)
+            if value is not None:
+                return value
+        return None
+
     def _keep(self, key: bytes, value: ValueT) -> None:
         self._parsed[key] = value
         self._parsed.move_to_end(key)
