@@ -68,6 +68,13 @@ class Settings:
     # so that a partition moving there (a worker stopped, killed, added) is processing
     # again after reading only what it missed, not the whole partition.
     standby_replicas: int = 1
+    # How long the group waits for a silent worker before it gives its partitions to the
+    # others (a worker sends a heartbeat every second). Shorter moves a dead worker's
+    # partitions sooner and, on the embedded broker, makes every join quicker (it waits
+    # half of this for more members); longer forgives a worker stalled that long (a long
+    # pause of its process), which would otherwise cost a rebalance. Apache Kafka refuses
+    # less than its group.min.session.timeout.ms, 6 s by default.
+    kafka_session_timeout_seconds: float = 10.0
     # Requests per second an API key may make of one worker, and the burst it may save up
     # (a token bucket per key and worker, api/gate.py): past it, 429 with Retry-After.
     api_rate_per_second: float = 100.0
@@ -280,6 +287,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         table_store=_choice(env, "PAYMENTS_TABLE_STORE", "disk", ("disk", "memory")),
         instance_id=env.get("PAYMENTS_INSTANCE_ID") or None,
         standby_replicas=_integer(env, "PAYMENTS_STANDBY_REPLICAS", 1, 0, 8),
+        kafka_session_timeout_seconds=_number(env, "PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", 10.0, 3.0,
+                                              300.0),
         api_rate_per_second=_number(env, "PAYMENTS_API_RATE_PER_SECOND", 100.0, 0.001, 1e6),
         api_rate_burst=_integer(env, "PAYMENTS_API_RATE_BURST", 200, 1, 1_000_000),
         webhook_retry_schedule=_schedule(env, "PAYMENTS_WEBHOOK_RETRY_SCHEDULE"),

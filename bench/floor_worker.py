@@ -27,6 +27,7 @@ from typing import Any
 import faust
 import orjson
 
+from harness.worker_process import HARNESS_SESSION_TIMEOUT_SECONDS
 from infra.kafka_transport import deliver_in_batches
 from infra.producer import BatchProducer, Outgoing
 
@@ -59,8 +60,9 @@ def main() -> None:
         topic_disable_leader=True, topic_allow_declare=False, web_enabled=False,
         consumer_auto_offset_reset="earliest", datadir=os.environ["FLOOR_DATADIR"],
         producer_max_batch_size=1024 * 1024,
-        # As the service's app (app.py): with Faust's 60 s, joining the group takes ~30 s here.
-        broker_session_timeout=10.0, broker_heartbeat_interval=1.0,
+        # The embedded broker makes a join wait half the session timeout (Faust's 60 s: 30 s),
+        # so as the harness's workers (harness/worker_process.py): 6 s, a 3 s join.
+        broker_session_timeout=HARNESS_SESSION_TIMEOUT_SECONDS, broker_heartbeat_interval=1.0,
     )
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
     if service:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from harness.processes import ComponentFailed, free_port, start_process, stop_process
 
+HARNESS_SESSION_TIMEOUT_SECONDS = 6.0
+
 
 @dataclass
 class WorkerProcess:
@@ -36,6 +38,9 @@ class WorkerProcess:
         import os
 
         return {
+            # The embedded broker makes every join wait half the session timeout: 3 s, not 5
+            # (unless the environment says otherwise).
+            "PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS": str(HARNESS_SESSION_TIMEOUT_SECONDS),
             **os.environ,
             "PAYMENTS_KAFKA_BOOTSTRAP": self.bootstrap,
             "PAYMENTS_DATABASE_URL": self.database_url,

@@ -64,6 +64,7 @@ def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyP
         ("PAYMENTS_KAFKA_BOOTSTRAP", "a:9092; b:9092"), ("PAYMENTS_KAFKA_BOOTSTRAP", "kafka://a:9092"),
         ("PAYMENTS_DATABASE_URL", "mysql://db/payments"), ("PAYMENTS_DATABASE_URL", "db:5432"),
         ("PAYMENTS_RISK_MAX_AMOUNT", "0"), ("PAYMENTS_RISK_MAX_AMOUNT", "soon"),
+        ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "2"), ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "ten"),
     ],
 )
 def test_malformed_value_raises_naming_the_variable(name: str, value: str) -> None:
@@ -73,6 +74,11 @@ def test_malformed_value_raises_naming_the_variable(name: str, value: str) -> No
 
 def test_settings_error_is_a_value_error() -> None:
     assert issubclass(SettingsError, ValueError)
+
+
+def test_the_session_timeout_is_read_and_defaults_to_ten_seconds() -> None:
+    assert load_settings({}).kafka_session_timeout_seconds == 10.0
+    assert load_settings({"PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS": "6"}).kafka_session_timeout_seconds == 6.0
 
 
 @pytest.mark.parametrize("value", ["1", "65535"])
