@@ -135,7 +135,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     projection.install(app, ledger, metrics)
     notify.install(app, notify.Dispatcher(
         ledger, metrics, settings.webhook_retry_schedule, settings.webhook_timeout_seconds,
-        settings.webhook_concurrency, settings.webhook_disable_after_seconds, settings.webhook_allow_private))
+        settings.webhook_concurrency, settings.webhook_disable_after_seconds, settings.webhook_allow_private),
+        settings.webhook_retention_hours)
     views.install(app, views.Api(app, owners, keys, outlet("web").send_messages, ledger, metrics, gate,
                                  settings.webhook_allow_private))
 

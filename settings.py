@@ -89,6 +89,9 @@ class Settings:
     webhook_timeout_seconds: float = 15.0
     webhook_concurrency: int = 4
     webhook_disable_after_seconds: float = 432_000.0
+    # How long a settled (delivered or failed) delivery and its attempts are kept; 0: for
+    # ever. Past it, `payments webhooks redeliver` can no longer send it again.
+    webhook_retention_hours: float = 720.0
     # How every Kafka client of a worker connects, Faust's and our own alike (see
     # kafka_credentials): TLS for SSL and SASL_SSL, a SASL login for SASL_*. The TLS
     # settings of PostgreSQL are not here: load_settings merges them into database_url.
@@ -298,6 +301,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         webhook_disable_after_seconds=_number(env, "PAYMENTS_WEBHOOK_DISABLE_AFTER_SECONDS", 432_000.0, 0.0,
                                               365 * 86_400.0),
         outbox_retention_hours=_number(env, "PAYMENTS_OUTBOX_RETENTION_HOURS", 168.0, 0.0, 24.0 * 3650),
+        webhook_retention_hours=_number(env, "PAYMENTS_WEBHOOK_RETENTION_HOURS", 720.0, 0.0, 24.0 * 3650),
         **_kafka_security(env),
     )
 

@@ -30,6 +30,7 @@ import faust
 from aiohttp.resolver import DefaultResolver
 from standardwebhooks.webhooks import Webhook
 
+from agents import pruning
 from infra.metrics import Metrics
 from ledger.store import LedgerStore
 from ledger.webhooks import Due
@@ -223,10 +224,18 @@ class Dispatcher:
             )
 
 
-def install(app: faust.App, dispatcher: Dispatcher) -> None:
+def install(app: faust.App, dispatcher: Dispatcher, retention_hours: float) -> None:
+    """The dispatcher, the backlog's gauges, and the retention of settled deliveries."""
+
     @app.task
     async def send_webhooks() -> None:
         await dispatcher.run()
+
+    async def prune(older_than_seconds: float, limit: int) -> int:
+        return await (await dispatcher.store()).prune_webhook_deliveries(older_than_seconds, limit)
+
+    pruning.install(app, "webhook_deliveries", prune, dispatcher.metrics.webhook_deliveries_pruned,
+                    retention_hours)
 
     @app.timer(BACKLOG_SECONDS)
     async def webhook_backlog() -> None:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 
+from agents import pruning
 from agents.outlet import Outlet
 from infra.crash import crash_point
 from infra.metrics import Metrics
@@ -27,8 +28,6 @@ from ledger.store import LedgerStore
 
 POLL_INTERVAL_SECONDS = 1.0
 CLAIM_AFTER_SECONDS = 10.0  # a batch marks its rows within milliseconds of their commit
-PRUNE_INTERVAL_SECONDS = 60.0
-PRUNE_CHUNK = 10_000  # rows per statement: short transactions, whatever the backlog
 
 
 def install(app: faust.App, database_url: str, outlet: Outlet, store: Callable[[], Awaitable[LedgerStore]],
@@ -51,11 +50,7 @@ def install(app: faust.App, database_url: str, outlet: Outlet, store: Callable[[
         metrics.outbox_backlog_rows.set(rows)
         metrics.outbox_oldest_age.set(age)
 
-    if retention_hours > 0:
-        @app.timer(interval=PRUNE_INTERVAL_SECONDS)
-        async def prune_outbox() -> None:
-            ledger = await store()
-            while (pruned := await ledger.prune_outbox(retention_hours * 3600, PRUNE_CHUNK)):
-                metrics.outbox_pruned.inc(pruned)
-                if pruned < PRUNE_CHUNK:
-                    break
+    async def prune(older_than_seconds: float, limit: int) -> int:
+        return await (await store()).prune_outbox(older_than_seconds, limit)
+
+    pruning.install(app, "outbox", prune, metrics.outbox_pruned, retention_hours)

@@ -142,6 +142,11 @@ class Metrics:
             "payments_webhook_oldest_due_seconds",
             "How long the oldest pending webhook delivery has been due (0: none is).", registry=registry,
         )
+        self.webhook_deliveries_pruned = Counter(
+            "payments_webhook_deliveries_pruned",
+            "Settled webhook deliveries deleted past the retention (PAYMENTS_WEBHOOK_RETENTION_HOURS).",
+            registry=registry,
+        )
         self.webhook_endpoints_disabled = Counter(
             "payments_webhook_endpoints_disabled", "Webhook endpoints disabled for failing too long.",
             registry=registry,

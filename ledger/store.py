@@ -291,6 +291,12 @@ class LedgerStore:
         return await self._run(lambda c: webhooks.redeliver(c, event_id=event_id, since=since),
                                what="redeliver_webhooks")
 
+    async def prune_webhook_deliveries(self, older_than_seconds: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` deliveries settled (delivered or failed) more than
+        `older_than_seconds` ago, with their attempts; the count deleted. Pending ones stay."""
+        return await self._run(lambda c: webhooks.prune(c, older_than_seconds, limit),
+                               what="prune_webhook_deliveries")
+
     async def webhook_backlog(self) -> tuple[int, float]:
         return await self._run(webhooks.backlog, what="webhook_backlog")
 

@@ -179,12 +179,27 @@ async def endpoint(connection: asyncpg.Connection, endpoint_id: str) -> Endpoint
     return None if row is None else _endpoint(row)
 
 
+# What a removed endpoint was still owed is given up (no claim takes it any more): failed,
+# and so pruned after the retention like any settled delivery. An attempt in flight logs
+# its answer but settles nothing: its lease token is gone.
+GIVE_UP_PENDING = """
+UPDATE webhook_deliveries
+SET status = 'failed', next_attempt_at = now(), leased_until = NULL, lease_token = NULL,
+    last_error = 'endpoint removed'
+WHERE endpoint_id = $1 AND status = 'pending'
+"""
+
+
 async def remove_endpoint(connection: asyncpg.Connection, endpoint_id: str) -> bool:
-    status = await connection.execute(
-        "UPDATE webhook_endpoints SET removed_at = now() WHERE endpoint_id = $1 AND removed_at IS NULL",
-        endpoint_id,
-    )
-    return status.split()[-1] == "1"
+    async with connection.transaction():
+        status = await connection.execute(
+            "UPDATE webhook_endpoints SET removed_at = now() WHERE endpoint_id = $1 AND removed_at IS NULL",
+            endpoint_id,
+        )
+        if status.split()[-1] != "1":
+            return False
+        await connection.execute(GIVE_UP_PENDING, endpoint_id)
+        return True
 
 
 async def enable_endpoint(connection: asyncpg.Connection, endpoint_id: str) -> bool:
@@ -287,6 +302,30 @@ async def deliveries(
             Attempt(row["attempted_at"], row["status_code"], row["latency_seconds"], row["error"])
         )
     return [Delivery(**dict(row), log=tuple(logs.get(row["delivery_id"], ()))) for row in rows]
+
+
+# The oldest settled deliveries past the retention, with their attempts, a chunk at a
+# time (short transactions). Pending ones never go: they are still owed. A row being
+# redelivered at that moment is locked by the redeliver or skipped here, never both.
+PRUNE = """
+WITH gone AS (
+    SELECT delivery_id FROM webhook_deliveries
+    WHERE status <> 'pending'
+      AND coalesce(delivered_at, next_attempt_at) < clock_timestamp() - make_interval(secs => $1)
+    ORDER BY coalesce(delivered_at, next_attempt_at) LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), attempts AS (
+    DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT delivery_id FROM gone)
+)
+DELETE FROM webhook_deliveries WHERE delivery_id IN (SELECT delivery_id FROM gone)
+"""
+
+
+async def prune(connection: asyncpg.Connection, older_than_seconds: float, limit: int) -> int:
+    """Delete up to `limit` deliveries delivered or failed more than `older_than_seconds`
+    ago, and their attempts; the number of deliveries deleted."""
+    status = await connection.execute(PRUNE, older_than_seconds, limit)
+    return int(status.split()[-1])
 
 
 async def redeliver(

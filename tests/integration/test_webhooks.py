@@ -10,10 +10,13 @@ import re
 import time
 from typing import Any
 
+import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from harness.receiver import Receiver
+from ledger.migrate import migrate
+from ledger.store import LedgerStore
 from models.payment import payment_id_for
 from tests.conftest import Service
 from tests.integration.outside import fund, http, open_accounts, outcome, poll
@@ -52,6 +55,58 @@ async def outcomes_of(service: Service, keys: list[str]) -> dict[str, dict[str, 
     """The outcome event of each payment, by its event_id."""
     events = [await outcome(service.driver, payment_id_for(key)) for key in keys]
     return {event["event_id"]: event for event in events}
+
+
+async def test_settled_deliveries_past_the_retention_are_pruned_with_attempts(database_url: str) -> None:
+    """The retention's statement (PAYMENTS_WEBHOOK_RETENTION_HOURS, agents/pruning.py), on a
+    database of its own: delivered and failed deliveries older than the retention go, with
+    their attempts, a chunk at a time; recent ones stay, and pending ones stay however old."""
+    await migrate(database_url)
+    store = await LedgerStore.connect(database_url, retry_deadline_seconds=30)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("INSERT INTO webhook_endpoints (endpoint_id, url, secret) "
+                                 "VALUES ('we_1', 'https://example.com/hook', 'whsec_x')")
+        rows = {  # event_id: (status, delivered_at, next_attempt_at), ages in minutes
+            "delivered-old": ("delivered", 120, 0), "failed-old": ("failed", None, 120),
+            "delivered-new": ("delivered", 1, 0), "pending-old": ("pending", None, 120),
+        }
+        for event_id, (status, delivered_ago, next_ago) in rows.items():
+            delivery_id = await connection.fetchval(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, payload, occurred_at, "
+                "status, delivered_at, next_attempt_at) VALUES ('we_1', $1, 'PaymentCaptured', '{}', now(), "
+                "$2, now() - make_interval(mins => $3), now() - make_interval(mins => $4)) "
+                "RETURNING delivery_id",
+                event_id, status, delivered_ago, next_ago)
+            await connection.execute("INSERT INTO webhook_attempts (delivery_id, status_code, "
+                                     "latency_seconds) VALUES ($1, 500, 0.1), ($1, 200, 0.1)", delivery_id)
+
+        assert await store.prune_webhook_deliveries(older_than_seconds=3600, limit=1) == 1  # a chunk
+        assert await store.prune_webhook_deliveries(older_than_seconds=3600) == 1
+        assert await store.prune_webhook_deliveries(older_than_seconds=3600) == 0
+        left = await connection.fetch("SELECT event_id, (SELECT count(*) FROM webhook_attempts AS a "
+                                      "WHERE a.delivery_id = d.delivery_id) AS attempts "
+                                      "FROM webhook_deliveries AS d ORDER BY event_id")
+        assert [(row["event_id"], row["attempts"]) for row in left] == [
+            ("delivered-new", 2), ("pending-old", 2)]
+        assert await connection.fetchval("SELECT count(*) FROM webhook_attempts") == 4
+
+        # A removed endpoint's pending deliveries are given up, and so pruned in their turn.
+        await connection.execute("INSERT INTO webhook_endpoints (endpoint_id, url, secret) "
+                                 "VALUES ('we_2', 'https://example.com/other', 'whsec_y')")
+        await connection.execute("INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, "
+                                 "payload, occurred_at) "
+                                 "VALUES ('we_2', 'owed', 'PaymentCaptured', '{}', now())")
+        assert await store.remove_webhook_endpoint("we_2")
+        given_up = await connection.fetchrow("SELECT status, last_error FROM webhook_deliveries "
+                                             "WHERE event_id = 'owed'")
+        assert (given_up["status"], given_up["last_error"]) == ("failed", "endpoint removed")
+        assert await store.prune_webhook_deliveries(older_than_seconds=0) == 2  # and delivered-new
+        left = await connection.fetch("SELECT event_id FROM webhook_deliveries")
+        assert [row["event_id"] for row in left] == ["pending-old"]
+    finally:
+        await connection.close()
+        await store.close()
 
 
 async def test_every_outcome_reaches_a_healthy_receiver_once_signed(service: Service) -> None:

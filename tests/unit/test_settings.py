@@ -65,6 +65,7 @@ def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyP
         ("PAYMENTS_DATABASE_URL", "mysql://db/payments"), ("PAYMENTS_DATABASE_URL", "db:5432"),
         ("PAYMENTS_RISK_MAX_AMOUNT", "0"), ("PAYMENTS_RISK_MAX_AMOUNT", "soon"),
         ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "2"), ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "ten"),
+        ("PAYMENTS_WEBHOOK_RETENTION_HOURS", "-1"), ("PAYMENTS_WEBHOOK_RETENTION_HOURS", "a month"),
     ],
 )
 def test_malformed_value_raises_naming_the_variable(name: str, value: str) -> None:
@@ -74,6 +75,11 @@ def test_malformed_value_raises_naming_the_variable(name: str, value: str) -> No
 
 def test_settings_error_is_a_value_error() -> None:
     assert issubclass(SettingsError, ValueError)
+
+
+def test_webhook_retention_defaults_to_30_days_and_0_keeps_all() -> None:
+    assert load_settings({}).webhook_retention_hours == 720.0
+    assert load_settings({"PAYMENTS_WEBHOOK_RETENTION_HOURS": "0"}).webhook_retention_hours == 0.0
 
 
 def test_the_session_timeout_is_read_and_defaults_to_ten_seconds() -> None:
