@@ -26,7 +26,7 @@ from api.gate import Gate
 from infra.kafka_transport import deliver_in_batches
 from infra.metrics import Metrics
 from infra.producer import Producers, partition_for
-from infra.topics import ACCOUNT_COMMANDS, APP_ID, PAYMENT_COMMANDS, STEPS
+from infra.topics import ACCOUNT_COMMANDS, APP_ID, PAYMENT_COMMANDS, READ_SIDE_APP_ID, STEPS
 from ledger.store import LedgerStore
 from models.intake import KeyUse
 from models.owner import Limits
@@ -68,40 +68,14 @@ class Ledger:
 
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> faust.App:
-    bootstrap, database_url = settings.require_infrastructure()
+    """The app of a worker of the settings' role (settings.worker_role)."""
+    if settings.worker_role == "read-side":
+        return create_read_side_app(settings, registry=registry)
+    _, database_url = settings.require_infrastructure()
     partitions = settings.partitions
     ledger = Ledger(database_url)
     gate = Gate(ledger, settings.api_rate_per_second, settings.api_rate_burst)
-    app = faust.App(
-        APP_ID,
-        broker=[f"payments-kafka://{server}" for server in bootstrap.split(",")],
-        # TLS and SASL (PAYMENTS_KAFKA_*): every consumer, producer and admin client Faust
-        # makes reads them, so do the producers and probes built from Faust's (infra/).
-        broker_credentials=settings.kafka_credentials(),
-        store=f"payments-{settings.table_store}://",
-        topic_partitions=partitions,
-        topic_disable_leader=True,
-        topic_allow_declare=False,  # every topic is created up front with its partition count
-        web_port=settings.web_port,
-        web_bind="0.0.0.0",
-        datadir=str(settings.data_dir / "faust"),
-        producer_max_request_size=MESSAGE_SIZE_MAX_BYTES,
-        producer_max_batch_size=RECORD_BATCH_MAX_BYTES,
-        consumer_max_fetch_size=MESSAGE_SIZE_MAX_BYTES,
-        broker_max_poll_records=250,
-        broker_session_timeout=settings.kafka_session_timeout_seconds,
-        broker_heartbeat_interval=1.0,
-        broker_commit_interval=0.5,
-        consumer_auto_offset_reset="earliest",
-        consumer_group_instance_id=settings.instance_id,
-        table_standby_replicas=settings.standby_replicas,
-        TableManager="tables.manager:PromptTableManager",
-        # Events (each a partition's records of one fetch): room for every batched partition's
-        # batches in hand (infra/kafka_transport.py, 4.) below Faust's pressure mark (/1.25),
-        # so its pause, whose resume can be missed, does not trigger.
-        stream_buffer_maxsize=max(256, 16 * partitions),
-        web_application_options={"middlewares": [gate.middleware]},
-    )
+    app = _faust_app(settings, APP_ID, gate)
     deliver_in_batches(app, [PAYMENT_COMMANDS, ACCOUNT_COMMANDS, STEPS])
     metrics = Metrics(registry or CollectorRegistry())
 
@@ -132,11 +106,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     _install_calls(app, calls, owners)
     relay.install(app, database_url, outlet("relay"), ledger, metrics, settings.outbox_retention_hours)
     monitor.install(app, metrics, owners)
-    projection.install(app, ledger, metrics)
-    notify.install(app, notify.Dispatcher(
-        ledger, metrics, settings.webhook_retry_schedule, settings.webhook_timeout_seconds,
-        settings.webhook_concurrency, settings.webhook_disable_after_seconds, settings.webhook_allow_private),
-        settings.webhook_retention_hours)
+    if settings.worker_role == "all":
+        _install_read_side(app, ledger, metrics, settings)
     views.install(app, views.Api(app, owners, keys, outlet("web").send_messages, ledger, metrics, gate,
                                  settings.webhook_allow_private))
 
@@ -154,6 +125,72 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         await producers.stop()
 
     return app
+
+
+def _faust_app(settings: Settings, app_id: str, gate: Gate) -> faust.App:
+    """A Faust app (its consumer group: `app_id`) configured as every worker's is."""
+    bootstrap, _ = settings.require_infrastructure()
+    partitions = settings.partitions
+    return faust.App(
+        app_id,
+        broker=[f"payments-kafka://{server}" for server in bootstrap.split(",")],
+        # TLS and SASL (PAYMENTS_KAFKA_*): every consumer, producer and admin client Faust
+        # makes reads them, so do the producers and probes built from Faust's (infra/).
+        broker_credentials=settings.kafka_credentials(),
+        store=f"payments-{settings.table_store}://",
+        topic_partitions=partitions,
+        topic_disable_leader=True,
+        topic_allow_declare=False,  # every topic is created up front with its partition count
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        datadir=str(settings.data_dir / "faust"),
+        producer_max_request_size=MESSAGE_SIZE_MAX_BYTES,
+        producer_max_batch_size=RECORD_BATCH_MAX_BYTES,
+        consumer_max_fetch_size=MESSAGE_SIZE_MAX_BYTES,
+        broker_max_poll_records=250,
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=0.5,
+        consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.instance_id,
+        table_standby_replicas=settings.standby_replicas,
+        TableManager="tables.manager:PromptTableManager",
+        # Events (each a partition's records of one fetch): room for every batched partition's
+        # batches in hand (infra/kafka_transport.py, 4.) below Faust's pressure mark (/1.25),
+        # so its pause, whose resume can be missed, does not trigger.
+        stream_buffer_maxsize=max(256, 16 * partitions),
+        web_application_options={"middlewares": [gate.middleware]},
+    )
+
+
+def create_read_side_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> faust.App:
+    """A worker of the read side only (PAYMENTS_WORKER_ROLE=read-side): the payments' read
+    model and the webhooks, in a consumer group of its own (READ_SIDE_APP_ID), with no
+    table; its web server answers /healthz and /metrics, and the gate 404s the rest."""
+    _, database_url = settings.require_infrastructure()
+    ledger = Ledger(database_url)
+    gate = Gate(ledger, settings.api_rate_per_second, settings.api_rate_burst)
+    app = _faust_app(settings, READ_SIDE_APP_ID, gate)
+    metrics = Metrics(registry or CollectorRegistry())
+    _install_read_side(app, ledger, metrics, settings)
+    monitor.install(app, metrics)
+    views.install_open_pages(app, views.OpenPages(app, metrics))
+
+    @app.on_before_shutdown.connect
+    async def close(app: faust.App, **_: object) -> None:
+        await ledger.close()
+
+    return app
+
+
+def _install_read_side(app: faust.App, ledger: Ledger, metrics: Metrics, settings: Settings) -> None:
+    """The public events folded into the read model and turned into webhook deliveries
+    (agents/projection.py), and the dispatcher that sends them (agents/notify.py)."""
+    projection.install(app, ledger, metrics)
+    notify.install(app, notify.Dispatcher(
+        ledger, metrics, settings.webhook_retry_schedule, settings.webhook_timeout_seconds,
+        settings.webhook_concurrency, settings.webhook_disable_after_seconds, settings.webhook_allow_private),
+        settings.webhook_retention_hours)
 
 
 def _install_calls(app: faust.App, calls: Calls, owners: StateTable[owners_table.Value]) -> None:

@@ -35,6 +35,7 @@ _DATABASE_TLS_VARIABLES = {"sslmode": "PAYMENTS_DATABASE_SSLMODE",
 
 # Seconds to wait after each failed webhook attempt (the contract's default).
 WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+WORKER_ROLES = ("all", "payments", "read-side")
 
 
 class SettingsError(ValueError):
@@ -53,6 +54,12 @@ class Settings:
     # Where the tables' partitions live (tables/store.py): "disk" (RocksDB under data_dir,
     # restarts read only the changelog written since) or "memory" (rebuilt at every start).
     table_store: str = "disk"
+    # What a `payments worker` runs: "all" (every agent: the payment flow, the HTTP API and
+    # the read side), "payments" (all but the read side), or "read-side" (only the read
+    # side: the payments' read model and the webhooks, in a consumer group of its own, so
+    # its work is never on a payment's path; /healthz and /metrics its only pages). Run
+    # "payments" workers with at least one "read-side" one, or the views and webhooks stop.
+    worker_role: str = "all"
     # The worker's name in the consumer group, the same across its restarts (static
     # membership): a worker killed and started again under it takes its partitions back
     # at once instead of waiting for the group to give up on its old self. Unique per
@@ -288,6 +295,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         psp_url=env.get("PAYMENTS_PSP_URL") or None,
         risk_max_amount=_integer(env, "PAYMENTS_RISK_MAX_AMOUNT", 100_000_000, 1, 2**63 - 1),
         table_store=_choice(env, "PAYMENTS_TABLE_STORE", "disk", ("disk", "memory")),
+        worker_role=_choice(env, "PAYMENTS_WORKER_ROLE", "all", WORKER_ROLES),
         instance_id=env.get("PAYMENTS_INSTANCE_ID") or None,
         standby_replicas=_integer(env, "PAYMENTS_STANDBY_REPLICAS", 1, 0, 8),
         kafka_session_timeout_seconds=_number(env, "PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", 10.0, 3.0,

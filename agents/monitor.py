@@ -138,7 +138,9 @@ def holds_in(table: StateTable[Value], held: set[int]) -> int:
     return holds
 
 
-def install(app: faust.App, metrics: Metrics, owners: StateTable[Value]) -> None:
+def install(app: faust.App, metrics: Metrics, owners: StateTable[Value] | None = None) -> None:
+    """The consumer's watch (lag, stalls) and the loop's; the holds of `owners`, if any
+    (a read side worker has no table)."""
     progress = Progress()
 
     @app.timer(interval=2.0)
@@ -163,6 +165,9 @@ def install(app: faust.App, metrics: Metrics, owners: StateTable[Value]) -> None
             started = time.perf_counter()
             await asyncio.sleep(LOOP_PROBE_SECONDS)
             metrics.loop_lag.observe(max(0.0, time.perf_counter() - started - LOOP_PROBE_SECONDS))
+
+    if owners is None:
+        return
 
     @app.timer(interval=5.0)
     async def count_holds() -> None:

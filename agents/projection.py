@@ -2,11 +2,14 @@
 and turned into the webhook deliveries they are due (the notify step's first half; the
 dispatcher, agents/notify.py, sends them).
 
-One agent per worker (concurrency 1), of its own, so it never slows a payment, reads the
+One agent per worker (concurrency 1), of its own, reads the
 payment topics of models.payment_view.TOPICS and the notified ones of
 models.webhooks.TOPICS in batches, and writes each batch in one transaction
 (LedgerStore.write_events; the fold is models/payment_view.py, the matching of endpoints
-ledger/webhooks.py): a delivery is durable before its event's offset is committed.
+ledger/webhooks.py): a delivery is durable before its event's offset is committed. It
+runs in every worker by default, where it shares the worker's CPU with the payments (~1.3
+bare hops per payment, docs/capacity.md); in workers of their own
+(PAYMENTS_WORKER_ROLE=read-side, app.create_read_side_app) it never slows a payment.
 
 A payment's events share its partition number on every topic, and the group assigns a
 partition number of all the topics to one worker, so one

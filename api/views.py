@@ -235,6 +235,30 @@ def known_payment_answer(record: Payment, fingerprint: str, status: int) -> Resp
     return json_answer(PaymentAccepted(payment_id=record.payment_id, status=record.status), status)
 
 
+class OpenPages:
+    """What every worker answers without a key, a read side worker included."""
+
+    def __init__(self, app: faust.App, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def health(self, request: Request) -> Response:
+        status = 200 if ready(self.app) else 503
+        body = Health(ready=status == 200, recovering=bool(self.app.in_recovery))
+        if status == 200:
+            return json_answer(body)
+        return problem(
+            503,
+            "the worker is not ready: its partitions are being assigned or recovered",
+            **body.model_dump(),
+        )
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(
+            body=generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0]
+        )
+
+
 class Api:
     def __init__(
         self,
@@ -256,6 +280,7 @@ class Api:
         self.gate = gate
         self.webhook_allow_private = webhook_allow_private
         self.in_flight = KeyedLocks()
+        self.pages = OpenPages(app, metrics)
 
     # --- where things are ---------------------------------------------------------------------
 
@@ -728,22 +753,6 @@ class Api:
 
     # --- open pages and what workers ask each other ------------------------------------------------
 
-    async def health(self, request: Request) -> Response:
-        status = 200 if ready(self.app) else 503
-        body = Health(ready=status == 200, recovering=bool(self.app.in_recovery))
-        if status == 200:
-            return json_answer(body)
-        return problem(
-            503,
-            "the worker is not ready: its partitions are being assigned or recovered",
-            **body.model_dump(),
-        )
-
-    async def metrics_page(self, request: Request) -> Response:
-        return Response(
-            body=generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0]
-        )
-
     async def openapi_page(self, request: Request) -> Response:
         return Response(body=openapi.rendered(), content_type="application/json")
 
@@ -834,8 +843,8 @@ def install(app: faust.App, api: Api) -> None:
         "fundAccount": api.fund_account,
         "getStatement": api.statement,
         "listPayments": api.list_payments,
-        "health": api.health,
-        "metrics": api.metrics_page,
+        "health": api.pages.health,
+        "metrics": api.pages.metrics_page,
         "createWebhookEndpoint": api.create_webhook_endpoint,
         "listWebhookEndpoints": api.list_webhook_endpoints,
         "deleteWebhookEndpoint": api.delete_webhook_endpoint,
@@ -852,6 +861,13 @@ def install(app: faust.App, api: Api) -> None:
 
     _page(app, KEY_USE_PATH + "/{key}", {"GET": api.internal_key_use})
     _page(app, RECORD_PATH + "/{payment_id}", {"GET": api.internal_record})
+
+
+def install_open_pages(app: faust.App, pages: OpenPages) -> None:
+    """/healthz and /metrics only: a read side worker's web server."""
+    for operation, handler in (("health", pages.health), ("metrics", pages.metrics_page)):
+        route = routes.BY_OPERATION[operation]
+        _page(app, route.path, {route.method: handler})
 
 
 def _page(app: faust.App, path: str, by_method: dict[str, Callable[..., Awaitable[Response]]]) -> None:

@@ -77,8 +77,9 @@ FLOOR_RUNS = (("faust", 0), ("faust", 6), ("service", 0), ("service", 6))
 
 
 def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | None = None,
-              worker_counts: Sequence[int] = (1,)) -> int:
-    """Measure, print, write `output` (default: PAYMENTS_DATA_DIR/bench-results.json); 0 when valid."""
+              worker_counts: Sequence[int] = (1,), read_side_apart: bool = False) -> int:
+    """Measure, print, write `output` (default: PAYMENTS_DATA_DIR/bench-results.json); 0 when valid.
+    `read_side_apart`: the read side in a worker of its own beside payments-only workers."""
     if payments < 1:
         raise ValueError("payments must be at least 1")
     check_worker_counts(worker_counts)
@@ -88,6 +89,7 @@ def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | 
     sizes = Sizes.of(quick)
     started = time.monotonic()
     results: dict[str, Any] = {"run": _run_facts(settings, payments, quick)}
+    results["run"]["read_side"] = "apart" if read_side_apart else "in every worker"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     databases: list[str] = []  # created on the server; dropped at the end when it is a configured one
     embedded = infrastructure(settings, workdir, say=console.print, discard_database=True)
@@ -97,7 +99,8 @@ def run_bench(settings: Settings, *, payments: int, quick: bool, output: Path | 
             results["ledger_writer"] = asyncio.run(_ledger_writer(server_url, sizes, progress, databases))
             results["classic"] = asyncio.run(_classic(server_url, sizes, progress, databases, results["run"]))
             databases.append(asyncio.run(_prepare_service(bootstrap, server_url, settings.partitions)))
-            workers = Workers(bootstrap, databases[-1], workdir, settings.partitions, progress.console.print)
+            workers = Workers(bootstrap, databases[-1], workdir, settings.partitions, progress.console.print,
+                              read_side_apart)
             try:
                 results["service"] = asyncio.run(
                     _service(bootstrap, databases[-1], workers, worker_counts, payments, sizes, progress))
@@ -183,12 +186,20 @@ class Workers:
     workdir: Path
     partitions: int
     say: Callable[[str], None]
+    read_side_apart: bool = False
     running: list[WorkerProcess] = field(default_factory=list)
+    read_side: WorkerProcess | None = None  # with read_side_apart
 
     def grow_to(self, count: int) -> None:
+        if self.read_side_apart and self.read_side is None:
+            self.read_side = WorkerProcess(self.bootstrap, self.database_url, self.workdir,
+                                           partitions=self.partitions, role="read-side")
+            self.say(f"starting the read side's worker (log: {self.read_side.log}) ...")
+            self.read_side.start()
         while len(self.running) < count:
+            role = "payments" if self.read_side_apart else "all"
             worker = WorkerProcess(self.bootstrap, self.database_url, self.workdir,
-                                   partitions=self.partitions)
+                                   partitions=self.partitions, role=role)
             self.say(f"starting worker {len(self.running) + 1} (log: {worker.log}) ...")
             self.running.append(worker)
             worker.start()
@@ -197,9 +208,18 @@ class Workers:
     def pids(self) -> list[int]:
         return [worker.process.pid for worker in self.running if worker.process is not None]
 
+    @property
+    def apart(self) -> dict[str, int | None]:
+        """The read side's worker, when apart: its CPU is counted as a server's."""
+        if self.read_side is None or self.read_side.process is None:
+            return {}
+        return {"read_side": self.read_side.process.pid}
+
     def stop(self) -> None:
         for worker in reversed(self.running):
             worker.stop()
+        if self.read_side is not None:
+            self.read_side.stop()
 
 
 async def _prepare_service(bootstrap: str, server_url: str, partitions: int) -> str:
@@ -218,7 +238,7 @@ async def _service(
     of it. The best count per workload is reported, every count in `trials`."""
     await asyncio.to_thread(workers.grow_to, worker_counts[0])
     driver = await ServiceDriver(bootstrap, topics=OUTCOME_TOPICS).start()
-    servers = {"broker": listener(bootstrap), "postgres": listener(database_url)}
+    servers = {"broker": listener(bootstrap), "postgres": listener(database_url), **workers.apart}
     outcomes, probe = Outcomes(driver), WorkerProbe(workers.pids, servers)
     run_id = uuid.uuid4().hex[:8]
     topics = [spec.name for spec in service_topics(workers.partitions)]

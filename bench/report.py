@@ -131,7 +131,7 @@ def _table(title: str, columns: Sequence[str]) -> Table:
 def _costs(results: dict[str, Any]) -> Table:
     service = results["service"]
     names = sorted({name for w in WORKLOADS for name in service[w]["throughput"]["cpu_us_per_payment"]},
-                   key=("worker", "broker", "postgres").index)
+                   key=("worker", "read_side", "broker", "postgres").index)
     table = _table("CPU per payment at maximum throughput, by process (us)", ["workload", *names])
     for w in WORKLOADS:
         cpu = service[w]["throughput"]["cpu_us_per_payment"]

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="tiny sizes, for tests; not for figures")
     bench.add_argument("--workers", type=_counts, default=(1, 2),
                        help="worker counts to measure the service at, increasing (default 1,2)")
+    bench.add_argument("--read-side-apart", action="store_true",
+                       help="run the read side in a worker of its own (PAYMENTS_WORKER_ROLE=read-side) "
+                            "beside payments-only workers; its CPU is counted apart")
     bench.add_argument("--output", type=Path, default=None,
                        help="JSON path (default: PAYMENTS_DATA_DIR/bench-results.json)")
     bench.add_argument("--history", type=_points, default=None, metavar="N,N,...",
@@ -115,7 +118,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from bench.main import run_bench
 
     return run_bench(settings, payments=args.payments, quick=args.quick, output=args.output,
-                     worker_counts=args.workers)
+                     worker_counts=args.workers, read_side_apart=args.read_side_apart)
 
 
 def _points(text: str) -> tuple[int, ...]:

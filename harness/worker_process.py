@@ -24,6 +24,7 @@ class WorkerProcess:
     partitions: int = 8
     web_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    role: str = "all"  # PAYMENTS_WORKER_ROLE
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,6 +48,7 @@ class WorkerProcess:
             "PAYMENTS_WEB_PORT": str(self.web_port),
             "PAYMENTS_DATA_DIR": str(self.data_dir / f"worker-{self.web_port}"),
             "PAYMENTS_PARTITIONS": str(self.partitions),
+            "PAYMENTS_WORKER_ROLE": self.role,
             **self.extra_env,
         }
 

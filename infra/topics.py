@@ -17,6 +17,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 from models.events import PUBLIC_EVENTS
 
 APP_ID = "payments"
+# The consumer group of the read side when it runs in workers of its own (PAYMENTS_WORKER_ROLE).
+READ_SIDE_APP_ID = "payments-read-side"
 ACCOUNT_COMMANDS = "fintech.accounts.commands"
 PAYMENT_COMMANDS = "fintech.payments.commands"
 DEAD_LETTER = "fintech.deadletter"

@@ -1,6 +1,10 @@
-"""The payments' read model end to end: the worker projects the public events into
+"""The payments' read model end to end: the read side projects the public events into
 payment_views, and an account's payments are listed as debtor and as creditor, filtered,
-a page at a time; a redelivered event changes nothing (agents/projection.py)."""
+a page at a time; a redelivered event changes nothing (agents/projection.py).
+
+Here the read side runs apart, as a production layout would: the module's worker is a
+payments-only one (PAYMENTS_WORKER_ROLE=payments), beside a read side worker of its own
+consumer group. The other modules run every agent in one worker (the default)."""
 
 from __future__ import annotations
 
@@ -16,8 +20,11 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
-from infra.topics import APP_ID
+from agents.projection import NAME
+from harness.worker_process import WorkerProcess
+from infra.topics import APP_ID, READ_SIDE_APP_ID
 from ledger import payment_views
 from ledger.migrate import migrate
 from ledger.payment_views import PaymentSummary
@@ -28,6 +35,7 @@ from tests.conftest import Service
 from tests.integration.outside import (
     events_about,
     fund,
+    get,
     open_accounts,
     outcome,
     poll,
@@ -37,8 +45,19 @@ from tests.integration.outside import (
 )
 
 
+@pytest.fixture(scope="module")
+def worker_env() -> dict[str, str]:
+    return {"PAYMENTS_WORKER_ROLE": "payments"}
+
+
+@pytest.fixture(scope="module")
+async def read_side(service: Service) -> WorkerProcess:
+    """The read side's own worker, beside the module's payments-only one."""
+    return await asyncio.to_thread(service.add_worker, PAYMENTS_WORKER_ROLE="read-side")
+
+
 @pytest.fixture
-async def store(service: Service) -> AsyncIterator[LedgerStore]:
+async def store(service: Service, read_side: WorkerProcess) -> AsyncIterator[LedgerStore]:
     ledger = await LedgerStore.connect(service.database_url, max_size=2, retry_deadline_seconds=10)
     yield ledger
     await ledger.close()
@@ -142,22 +161,24 @@ async def test_an_accounts_payments_as_debtor_and_creditor(service: Service, sto
     assert await store.account_payments("pv-nobody") == []
 
 
-async def committed_past(service: Service, topic: str, partition_number: int, offset: int) -> None:
-    """Wait until the worker group has committed past a message: by then it is written."""
+async def committed_offset(service: Service, group: str, topic: str, partition_number: int) -> int:
+    """The group's committed offset of the partition; -1 for none."""
     admin = AIOKafkaAdminClient(bootstrap_servers=service.bootstrap)
     await admin.start()
     partition = TopicPartition(topic, partition_number)
-
-    async def committed() -> int:
-        offsets = await admin.list_consumer_group_offsets(APP_ID, partitions=[partition])
-        found = offsets.get(partition)
-        return -1 if found is None else found.offset
-
     try:
-        await poll(committed, partial(int.__lt__, offset), timeout_seconds=30,
-                   what=f"the group's offset past {topic}[{partition_number}]@{offset}")
+        offsets = await admin.list_consumer_group_offsets(group, partitions=[partition])
     finally:
         await admin.close()
+    found = offsets.get(partition)
+    return -1 if found is None else found.offset
+
+
+async def committed_past(service: Service, topic: str, partition_number: int, offset: int) -> None:
+    """Wait until the read side's group has committed past a message: by then it is written."""
+    await poll(partial(committed_offset, service, READ_SIDE_APP_ID, topic, partition_number),
+               partial(int.__lt__, offset), timeout_seconds=30,
+               what=f"the read side's offset past {topic}[{partition_number}]@{offset}")
 
 
 async def test_a_redelivered_event_changes_nothing(service: Service, store: LedgerStore) -> None:
@@ -194,6 +215,38 @@ async def test_a_redelivered_event_changes_nothing(service: Service, store: Ledg
     await committed_past(service, message.topic, message.partition, message.offset)
     [view] = await store.account_payments(creditor)
     assert (view.status, view.refunded, view.amount) == ("refunded", 3_000, 3_000)
+
+
+async def test_the_read_side_runs_apart_and_only_it_reads_the_public_events(
+    service: Service, store: LedgerStore, read_side: WorkerProcess
+) -> None:
+    """What runs where: the public events are read by the read side's group only (the
+    payments workers' group commits nothing on them), its worker folds them (its metrics
+    count the batches, the payments worker's none), and it serves no API."""
+    debtor, creditor = "pv-apart-debtor", "pv-apart-creditor"
+    await open_accounts(service, debtor, creditor)
+    await fund(service, "pv-apart-fund", debtor, 1_000)
+    await pay(service, "pv-apart", debtor, creditor, 100)
+    payment_id = payment_id_for("pv-apart")
+    [message] = await raw_messages(service.bootstrap, "fintech.events.PaymentCaptured",
+                                   lambda m: orjson.loads(m.value)["payment_id"] == payment_id, at_least=1)
+    await committed_past(service, message.topic, message.partition, message.offset)
+    assert await committed_offset(service, APP_ID, message.topic, message.partition) == -1
+    await listed(store, debtor, {payment_id: "captured"})
+
+    async def folded(worker: WorkerProcess) -> float:
+        """The read side's batches the worker counted."""
+        status, text = await get(f"{worker.url}/metrics")
+        assert status == 200
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == "payments_batch_size_count" and sample.labels.get("agent") == NAME)
+
+    assert await folded(read_side) > 0
+    assert await folded(service.workers[0]) == 0  # the payments-only worker
+    assert (await get(f"{read_side.url}/healthz"))[0] == 200
+    status, answer = await get(f"{read_side.url}/v1/accounts/{debtor}")
+    assert status == 404 and answer["type"] == "urn:payments:problem:not-found", answer
 
 
 def refunds_of(ids: list[str], amount: int, at: datetime) -> list[Fact]:

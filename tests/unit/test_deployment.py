@@ -58,6 +58,7 @@ STACK_SERVICES = {
     "topics",
     "worker-1",
     "worker-2",
+    "read-side",
     "prometheus",
     "grafana",
 }
@@ -299,6 +300,14 @@ def test_every_worker_has_a_group_name_and_a_data_volume_of_its_own(
     volumes = [source for worker in workers.values() for source, target in mounts(worker)
                if target == environment(worker)["PAYMENTS_DATA_DIR"]]
     assert len(set(volumes)) == len(workers), volumes
+
+
+def test_the_read_side_runs_in_a_worker_of_its_own_and_the_others_leave_it(
+    workers: dict[str, dict[str, Any]],
+) -> None:
+    roles = {name: environment(worker).get("PAYMENTS_WORKER_ROLE", "all") for name, worker in workers.items()}
+    assert set(roles.values()) == {"payments", "read-side"}, roles  # none runs it twice, none misses it
+    assert roles["read-side"] == "read-side"
 
 
 def test_every_worker_has_a_healthcheck_on_healthz(

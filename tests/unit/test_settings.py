@@ -66,6 +66,7 @@ def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyP
         ("PAYMENTS_RISK_MAX_AMOUNT", "0"), ("PAYMENTS_RISK_MAX_AMOUNT", "soon"),
         ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "2"), ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "ten"),
         ("PAYMENTS_WEBHOOK_RETENTION_HOURS", "-1"), ("PAYMENTS_WEBHOOK_RETENTION_HOURS", "a month"),
+        ("PAYMENTS_WORKER_ROLE", "everything"), ("PAYMENTS_WORKER_ROLE", "read_side"),
     ],
 )
 def test_malformed_value_raises_naming_the_variable(name: str, value: str) -> None:
@@ -75,6 +76,12 @@ def test_malformed_value_raises_naming_the_variable(name: str, value: str) -> No
 
 def test_settings_error_is_a_value_error() -> None:
     assert issubclass(SettingsError, ValueError)
+
+
+def test_a_worker_runs_every_agent_unless_its_role_says_otherwise() -> None:
+    assert load_settings({}).worker_role == "all"
+    for role in ("payments", "read-side"):
+        assert load_settings({"PAYMENTS_WORKER_ROLE": role}).worker_role == role
 
 
 def test_webhook_retention_defaults_to_30_days_and_0_keeps_all() -> None:
