@@ -186,7 +186,7 @@ def create_read_side_app(settings: Settings, *, registry: CollectorRegistry | No
 def _install_read_side(app: faust.App, ledger: Ledger, metrics: Metrics, settings: Settings) -> None:
     """The public events folded into the read model and turned into webhook deliveries
     (agents/projection.py), and the dispatcher that sends them (agents/notify.py)."""
-    projection.install(app, ledger, metrics)
+    projection.install(app, ledger, metrics, settings.webhook_retention_hours)
     notify.install(app, notify.Dispatcher(
         ledger, metrics, settings.webhook_retry_schedule, settings.webhook_timeout_seconds,
         settings.webhook_concurrency, settings.webhook_disable_after_seconds, settings.webhook_allow_private),
@@ -199,7 +199,8 @@ def _install_calls(app: faust.App, calls: Calls, owners: StateTable[owners_table
         calls.rescan_due = True
 
     def current(payment_id: str) -> object:
-        return owners.get(owners_table.payment_key(payment_id))
+        """The payment's record where this worker processes it (never a standby copy)."""
+        return owners.get_in(owners_table.payment_key(payment_id), monitor.steps_held(app))
 
     @app.task
     async def keep_calls_running() -> None:

@@ -80,7 +80,8 @@ class Settings:
     # partitions sooner and, on the embedded broker, makes every join quicker (it waits
     # half of this for more members); longer forgives a worker stalled that long (a long
     # pause of its process), which would otherwise cost a rebalance. Apache Kafka refuses
-    # less than its group.min.session.timeout.ms, 6 s by default.
+    # less than its group.min.session.timeout.ms, 6 s by default; Faust refuses more than its
+    # broker request timeout (90 s), so at most 60 s here.
     kafka_session_timeout_seconds: float = 10.0
     # Requests per second an API key may make of one worker, and the burst it may save up
     # (a token bucket per key and worker, api/gate.py): past it, 429 with Retry-After.
@@ -299,7 +300,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         instance_id=env.get("PAYMENTS_INSTANCE_ID") or None,
         standby_replicas=_integer(env, "PAYMENTS_STANDBY_REPLICAS", 1, 0, 8),
         kafka_session_timeout_seconds=_number(env, "PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", 10.0, 3.0,
-                                              300.0),
+                                              60.0),
         api_rate_per_second=_number(env, "PAYMENTS_API_RATE_PER_SECOND", 100.0, 0.001, 1e6),
         api_rate_burst=_integer(env, "PAYMENTS_API_RATE_BURST", 200, 1, 1_000_000),
         webhook_retry_schedule=_schedule(env, "PAYMENTS_WEBHOOK_RETRY_SCHEDULE"),

@@ -63,7 +63,8 @@ TOPICS: tuple[str, ...] = tuple(dict.fromkeys(payment_view.TOPICS + webhooks.TOP
 BATCH_WITHIN_SECONDS = 0.05
 
 
-def install(app: faust.App, ledger: Callable[[], Awaitable[LedgerStore]], metrics: Metrics) -> None:
+def install(app: faust.App, ledger: Callable[[], Awaitable[LedgerStore]], metrics: Metrics,
+            webhook_retention_hours: float) -> None:
     deliver_in_batches(app, TOPICS)
     # One message per partition per batch. The consumer hands over at most
     # BATCHES_IN_HAND_MAX (4) per partition, so with the buffer full the stream's queue
@@ -79,7 +80,7 @@ def install(app: faust.App, ledger: Callable[[], Awaitable[LedgerStore]], metric
             try:
                 events = await loop.admitted(batch, in_order, app.consumer.seek)
                 if events:
-                    await write(events, ledger, metrics)
+                    await write(events, ledger, metrics, webhook_retention_hours)
             except asyncio.CancelledError:  # the worker stops: the take buffer would ack it unwritten
                 withhold(app.consumer, [event.message for event in batch])
                 raise
@@ -88,12 +89,12 @@ def install(app: faust.App, ledger: Callable[[], Awaitable[LedgerStore]], metric
 
 
 async def write(events: Sequence[faust.EventT], ledger: Callable[[], Awaitable[LedgerStore]],
-                metrics: Metrics) -> None:
+                metrics: Metrics, webhook_retention_hours: float) -> None:
     records = loop.records_of(events)
     facts = readable(records, payment_view.TOPICS, read_fact, metrics)
     notices = readable(records, webhooks.TOPICS, notice_of, metrics)
     started = time.perf_counter()
-    await (await ledger()).write_events(facts, notices)
+    await (await ledger()).write_events(facts, notices, webhook_retention_hours)
     metrics.batch_size.labels(NAME).observe(len(records))
     metrics.batch_phase.labels(NAME, "write").observe(time.perf_counter() - started)
 

@@ -335,13 +335,19 @@ class Api:
         worker answered that it holds no such payment."""
         if (here := self.local_record(payment_id)) is not None:
             return here
+        generation = self.app.consumer_generation_id
         path = f"{RECORD_PATH}/{quote(payment_id, safe='')}"
         asked = await asyncio.gather(*(self.ask(peer, path) for peer in self.peers()), return_exceptions=True)
         for answer in asked:
+            if isinstance(answer, bytes):
+                return self.decoded_record(answer)
+        if self.app.consumer_generation_id != generation or self.app.rebalancing:
+            # Partitions moved while the workers were asked: this worker's look and theirs
+            # may each have missed the payment on its way between them.
+            raise OwnerUnknown("partitions were reassigned while the workers were asked")
+        for answer in asked:
             if isinstance(answer, BaseException):
                 raise OwnerUnknown(f"a worker did not answer where payment {payment_id} is") from answer
-            if answer is not None:
-                return self.decoded_record(answer)
         return None
 
     def peers(self) -> list[URL]:
@@ -471,7 +477,10 @@ class Api:
             audit(request, "createRefund", payment_id=payment_id, idempotency_key=key, amount=command.amount)
 
             async def recorded() -> RefundRecord | None:
-                current = await self.record(payment_id)
+                try:
+                    current = await self.record(payment_id)
+                except OwnerUnknown:  # the command is on its way: answered as pending
+                    return None
                 return None if current is None else current.refunds.get(key)
 
             refund = await self.wait_for(recorded, LEDGER_POLL_SECONDS)

@@ -203,17 +203,18 @@ class LedgerStore:
             lambda connection: reads.daily_balances(connection, account_id), what="daily_balances"
         )
 
-    async def write_events(self, facts: Sequence[Fact], notices: Sequence[Notice]) -> None:
+    async def write_events(self, facts: Sequence[Fact], notices: Sequence[Notice],
+                           webhook_retention_hours: float = 0.0) -> None:
         """A batch of the public events, in one transaction: the payments' events folded into
         their views, the webhook deliveries of the notified ones made (idempotent: a batch
-        redelivered changes nothing)."""
+        redelivered changes nothing; none for events older than the retention)."""
         if not facts and not notices:
             return
 
         async def write(connection: asyncpg.Connection) -> None:
             async with connection.transaction():
                 await payment_views.write(connection, facts)
-                await webhooks.enqueue(connection, notices)
+                await webhooks.enqueue(connection, notices, webhook_retention_hours)
 
         await self._run(write, what="write_events")
 

@@ -71,14 +71,19 @@ ENDPOINT_COLUMNS = (
     "endpoint_id, url, event_types, accounts, created_by, created_at, disabled_at, disabled_reason"
 )
 
+# An endpoint gets the events that occurred since it was registered, and none older than
+# the retention ($6 hours; 0: no bound): an event read again long after (a consumer group
+# that starts from the topics' beginning) neither reaches endpoints made since nor makes
+# again a delivery the retention pruned.
 ENQUEUE = """
 INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, payload, occurred_at)
 SELECT e.endpoint_id, n.event_id, n.event_type, n.payload, n.occurred_at
 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::text[])
      AS n(event_id, event_type, payload, occurred_at, accounts)
-JOIN webhook_endpoints AS e ON e.removed_at IS NULL
+JOIN webhook_endpoints AS e ON e.removed_at IS NULL AND n.occurred_at >= e.created_at
  AND (e.event_types IS NULL OR n.event_type = ANY(e.event_types))
  AND (e.accounts IS NULL OR e.accounts && string_to_array(n.accounts, ','))
+WHERE $6::float8 = 0 OR n.occurred_at >= now() - make_interval(secs => $6::float8 * 3600)
 ON CONFLICT (endpoint_id, event_id) DO NOTHING
 """
 
@@ -181,12 +186,15 @@ async def endpoint(connection: asyncpg.Connection, endpoint_id: str) -> Endpoint
 
 # What a removed endpoint was still owed is given up (no claim takes it any more): failed,
 # and so pruned after the retention like any settled delivery. An attempt in flight logs
-# its answer but settles nothing: its lease token is gone.
+# its answer but settles nothing: its lease token is gone. Done when it is removed, and
+# again before each pruning, for a delivery a batch wrote as the endpoint was removed.
 GIVE_UP_PENDING = """
-UPDATE webhook_deliveries
+UPDATE webhook_deliveries AS d
 SET status = 'failed', next_attempt_at = now(), leased_until = NULL, lease_token = NULL,
     last_error = 'endpoint removed'
-WHERE endpoint_id = $1 AND status = 'pending'
+FROM webhook_endpoints AS e
+WHERE e.endpoint_id = d.endpoint_id AND e.removed_at IS NOT NULL AND d.status = 'pending'
+  AND ($1::text IS NULL OR d.endpoint_id = $1)
 """
 
 
@@ -211,7 +219,7 @@ async def enable_endpoint(connection: asyncpg.Connection, endpoint_id: str) -> b
     return status.split()[-1] == "1"
 
 
-async def enqueue(connection: asyncpg.Connection, notices: Sequence[Notice]) -> int:
+async def enqueue(connection: asyncpg.Connection, notices: Sequence[Notice], retention_hours: float) -> int:
     """The deliveries of these events to every endpoint that wants them; the number made."""
     if not notices:
         return 0
@@ -222,6 +230,7 @@ async def enqueue(connection: asyncpg.Connection, notices: Sequence[Notice]) -> 
         [n.payload for n in notices],
         [n.occurred_at for n in notices],
         [",".join(n.accounts) for n in notices],
+        retention_hours,
     )
     return int(status.split()[-1])
 
@@ -323,7 +332,9 @@ DELETE FROM webhook_deliveries WHERE delivery_id IN (SELECT delivery_id FROM gon
 
 async def prune(connection: asyncpg.Connection, older_than_seconds: float, limit: int) -> int:
     """Delete up to `limit` deliveries delivered or failed more than `older_than_seconds`
-    ago, and their attempts; the number of deliveries deleted."""
+    ago, and their attempts (a removed endpoint's pending ones given up first); the number
+    of deliveries deleted."""
+    await connection.execute(GIVE_UP_PENDING, None)
     status = await connection.execute(PRUNE, older_than_seconds, limit)
     return int(status.split()[-1])
 
@@ -332,11 +343,13 @@ async def redeliver(
     connection: asyncpg.Connection, *, event_id: str | None = None, since: datetime | None = None
 ) -> int:
     """Send again (a fresh schedule, the same webhook-id) the deliveries of an event, or of
-    the events since a time, whatever became of them; the number set to go."""
+    the events since a time, whatever became of them, to the endpoints not removed; the
+    number set to go."""
     status = await connection.execute(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), "
         "leased_until = NULL, lease_token = NULL "
-        "WHERE ($1::text IS NULL OR event_id = $1) AND ($2::timestamptz IS NULL OR occurred_at >= $2)",
+        "WHERE ($1::text IS NULL OR event_id = $1) AND ($2::timestamptz IS NULL OR occurred_at >= $2) "
+        "AND endpoint_id IN (SELECT endpoint_id FROM webhook_endpoints WHERE removed_at IS NULL)",
         event_id,
         since,
     )

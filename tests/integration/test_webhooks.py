@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,7 @@ from harness.receiver import Receiver
 from ledger.migrate import migrate
 from ledger.store import LedgerStore
 from models.payment import payment_id_for
+from models.webhooks import Notice
 from tests.conftest import Service
 from tests.integration.outside import fund, http, open_accounts, outcome, poll
 from tests.integration.test_cli import payments
@@ -104,6 +106,48 @@ async def test_settled_deliveries_past_the_retention_are_pruned_with_attempts(da
         assert await store.prune_webhook_deliveries(older_than_seconds=0) == 2  # and delivered-new
         left = await connection.fetch("SELECT event_id FROM webhook_deliveries")
         assert [row["event_id"] for row in left] == ["pending-old"]
+    finally:
+        await connection.close()
+        await store.close()
+
+
+async def test_an_endpoint_is_owed_what_occurred_since_its_registration_within_the_retention(
+    database_url: str,
+) -> None:
+    """Events read again long after (a consumer group starting from the topics' beginning):
+    none reaches an endpoint registered after it occurred, none older than the retention
+    is owed again, and nothing is redelivered to, or left pending for, a removed endpoint."""
+    await migrate(database_url)
+    store = await LedgerStore.connect(database_url, retry_deadline_seconds=30)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "INSERT INTO webhook_endpoints (endpoint_id, url, secret, created_at) VALUES "
+            "('we_old', 'https://example.com/a', 'whsec_x', now() - interval '3 days'), "
+            "('we_new', 'https://example.com/b', 'whsec_y', now() - interval '1 hour')")
+        now = datetime.now(UTC)
+
+        def notice(event_id: str, ago: timedelta) -> Notice:
+            return Notice(event_id, "PaymentCaptured", ("acct",), now - ago, b"{}")
+
+        notices = [notice("recent", timedelta(minutes=1)), notice("two-hours", timedelta(hours=2)),
+                   notice("two-days", timedelta(days=2))]
+        await store.write_events([], notices, webhook_retention_hours=24)
+        made = await connection.fetch("SELECT endpoint_id, event_id FROM webhook_deliveries ORDER BY 1, 2")
+        assert [(row["endpoint_id"], row["event_id"]) for row in made] == [
+            ("we_new", "recent"), ("we_old", "recent"), ("we_old", "two-hours")]
+
+        # A batch that wrote a delivery as its endpoint was being removed: given up by the pruning.
+        assert await store.remove_webhook_endpoint("we_new")
+        await connection.execute("INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, "
+                                 "payload, occurred_at) "
+                                 "VALUES ('we_new', 'late', 'PaymentCaptured', '{}', now())")
+        await store.prune_webhook_deliveries(older_than_seconds=3600)
+        statuses = await connection.fetch("SELECT event_id, status FROM webhook_deliveries "
+                                          "WHERE endpoint_id = 'we_new' ORDER BY event_id")
+        assert [(row["event_id"], row["status"]) for row in statuses] == [
+            ("late", "failed"), ("recent", "failed")]
+        assert await store.redeliver_webhooks(event_id="recent") == 1  # we_old's only
     finally:
         await connection.close()
         await store.close()

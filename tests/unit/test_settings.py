@@ -65,6 +65,7 @@ def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyP
         ("PAYMENTS_DATABASE_URL", "mysql://db/payments"), ("PAYMENTS_DATABASE_URL", "db:5432"),
         ("PAYMENTS_RISK_MAX_AMOUNT", "0"), ("PAYMENTS_RISK_MAX_AMOUNT", "soon"),
         ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "2"), ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "ten"),
+        ("PAYMENTS_KAFKA_SESSION_TIMEOUT_SECONDS", "91"),
         ("PAYMENTS_WEBHOOK_RETENTION_HOURS", "-1"), ("PAYMENTS_WEBHOOK_RETENTION_HOURS", "a month"),
         ("PAYMENTS_WORKER_ROLE", "everything"), ("PAYMENTS_WORKER_ROLE", "read_side"),
     ],
