@@ -63,11 +63,6 @@ class Endpoint:
     event_types: frozenset[str] | None  # None: all
     accounts: frozenset[str] | None  # None: every account
 
-    def wants(self, notice: Notice) -> bool:
-        return (self.event_types is None or notice.event_type in self.event_types) and (
-            self.accounts is None or any(a in self.accounts for a in notice.accounts)
-        )
-
 
 def notice_of(topic: str, raw: bytes | None) -> Notice | Unreadable:
     """The notice of a message of an outcome topic, or why it cannot be one."""

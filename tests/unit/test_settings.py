@@ -221,6 +221,30 @@ async def test_the_worker_app_gives_faust_and_its_own_probe_the_same_credentials
     assert ca_names(probe["ssl_context"]) == ["payments-test-ca"]
 
 
+def test_each_role_builds_the_app_it_names(tmp_path: Path) -> None:
+    """What a worker runs, by PAYMENTS_WORKER_ROLE: its consumer group, the topics its
+    agents read, its tables (built, not started: nothing connects)."""
+    from app import create_app
+
+    def built(role: str) -> tuple[str, set[str], set[str]]:
+        app = create_app(load_settings({
+            "PAYMENTS_KAFKA_BOOTSTRAP": "kafka:9092", "PAYMENTS_DATABASE_URL": DATABASE_URL,
+            "PAYMENTS_TABLE_STORE": "memory", "PAYMENTS_DATA_DIR": str(tmp_path / role),
+            "PAYMENTS_WORKER_ROLE": role}))
+        topics = {topic for agent in app.agents.values() for topic in agent.channel.topics}
+        return app.conf.id, topics, set(app.tables)
+
+    payment_flow = {"payments.steps", "fintech.payments.commands"}
+    read_side = {"fintech.events.PaymentCaptured"}
+    group, topics, tables = built("all")
+    assert group == "payments" and payment_flow | read_side <= topics
+    assert tables == {"owners", "idempotency_keys"}
+    group, topics, tables = built("payments")
+    assert group == "payments" and payment_flow <= topics and not read_side & topics and tables
+    group, topics, tables = built("read-side")
+    assert group == "payments-read-side" and read_side <= topics and not payment_flow & topics and not tables
+
+
 def test_sasl_plaintext_has_no_tls_context() -> None:
     credentials = load_settings(sasl_env("SASL_PLAINTEXT")).kafka_credentials()
     assert isinstance(credentials, faust.SASLCredentials)

@@ -14,7 +14,6 @@ import pytest
 from models.codec import Unreadable
 from models.webhooks import (
     JITTER,
-    Endpoint,
     address_refusal,
     new_secret,
     notice_of,
@@ -63,15 +62,14 @@ def test_what_is_not_an_event_of_its_topic_is_unreadable(raw: bytes | None) -> N
     assert isinstance(notice_of("fintech.events.PaymentCaptured", raw), Unreadable)
 
 
-def test_an_endpoint_wants_its_types_and_accounts() -> None:
+def test_a_notice_names_its_type_and_the_accounts_it_is_about() -> None:
+    """What an endpoint's filters are matched against (ledger/webhooks.py, ENQUEUE: the one
+    place they are applied, tested against PostgreSQL in tests/integration/test_webhooks.py)."""
     notice = notice_of(
         "fintech.events.PaymentFailed", event("PaymentFailed", debtor_account_id="a", creditor_account_id="b")
     )
     assert not isinstance(notice, Unreadable)
-    assert Endpoint("we_1", "https://x", None, None).wants(notice)
-    assert Endpoint("we_1", "https://x", frozenset({"PaymentFailed"}), frozenset({"b"})).wants(notice)
-    assert not Endpoint("we_1", "https://x", frozenset({"PaymentCaptured"}), None).wants(notice)
-    assert not Endpoint("we_1", "https://x", None, frozenset({"c"})).wants(notice)
+    assert (notice.event_type, sorted(notice.accounts)) == ("PaymentFailed", ["a", "b"])
 
 
 def test_the_schedule_gives_each_retry_its_delay_with_jitter_then_ends() -> None:
