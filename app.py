@@ -198,9 +198,9 @@ def _install_calls(app: faust.App, calls: Calls, owners: StateTable[owners_table
     async def rescan_after_recovery() -> None:
         calls.rescan_due = True
 
-    def current(payment_id: str) -> object:
-        """The payment's record where this worker processes it (never a standby copy)."""
-        return owners.get_in(owners_table.payment_key(payment_id), monitor.steps_held(app))
+    def current(payment_id: str, home: int) -> object:
+        """The payment's record at its home partition (one this worker processes)."""
+        return owners.get(owners_table.payment_key(payment_id), home)
 
     @app.task
     async def keep_calls_running() -> None:

@@ -252,7 +252,12 @@ def install(app: faust.App, dispatcher: Dispatcher, retention_hours: float) -> N
 
 
 class EndpointRefused(ValueError):
-    """A webhook endpoint that may not be registered; the message says why."""
+    """A webhook endpoint that may not be registered; the message says why, `field` which
+    of its fields is wrong."""
+
+    def __init__(self, message: str, field: str = "url") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 async def check_url(url: str, allow_private: bool) -> None:
@@ -295,7 +300,8 @@ async def register(
     """A new endpoint and its secret (shown once)."""
     unknown = sorted(set(event_types) - set(EVENT_TYPES))
     if unknown:
-        raise EndpointRefused(f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
+        raise EndpointRefused(f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}",
+                              field="event_types")
     await check_url(url, allow_private)
     endpoint = Endpoint(new_endpoint_id(), url, frozenset(event_types) or None, frozenset(accounts) or None)
     secret = new_secret()

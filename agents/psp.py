@@ -176,19 +176,21 @@ class Calls:
             log.error("psp call failed unexpectedly; it starts again within %.0fs", CHECK_INTERVAL_SECONDS,
                       exc_info=task.exception(), extra=payment_context(payment_id))
 
-    async def check(self, held: set[int], current: Callable[[str], Payment | None]) -> None:
+    async def check(self, held: set[int], current: Callable[[str, int], Payment | None]) -> None:
         """Cancel the calls of partitions not held (their new holder restarts them), and
-        start the in-flight payments of the partitions held that have no call running."""
+        start the in-flight payments of the partitions held that have no call running
+        (`current(payment_id, home partition)`: its record as stored there)."""
         for partition, task in list(self.running.values()):
             if partition not in held:
                 task.cancel()
         for payment_id, payment in list(self.in_flight.items()):
-            if self.home_partition(payment) not in held:
+            home = self.home_partition(payment)
+            if home not in held:
                 del self.in_flight[payment_id]
                 continue
             if payment_id in self.running:
                 continue
-            record = current(payment_id)
+            record = current(payment_id, home)
             if record is None or record.psp != "in_flight":
                 del self.in_flight[payment_id]
                 continue

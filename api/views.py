@@ -711,13 +711,7 @@ class Api:
                 created_by=key.name,
             )
         except notify.EndpointRefused as error:
-            return invalid(
-                [
-                    FieldError(
-                        field="url" if "event type" not in str(error) else "event_types", message=str(error)
-                    )
-                ]
-            )
+            return invalid([FieldError(field=error.field, message=str(error))])
         audit(request, "createWebhookEndpoint", endpoint_id=endpoint.endpoint_id, url=endpoint.url)
         row = await store.webhook_endpoint(endpoint.endpoint_id)
         assert row is not None

@@ -69,10 +69,8 @@ def _answer_key(body: dict[str, Any], key_field: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def read_command(
-    raw: bytes | None, registry: dict[str, type[Command]], key_field: str
-) -> Command | Invalid | Unreadable:
-    """Parse an inbound command; `key_field` names the field a rejection is keyed by."""
+def json_object(raw: bytes | None) -> dict[str, Any] | Unreadable:
+    """The JSON object a message's value holds, or why it holds none."""
     if raw is None:
         return Unreadable("empty message value")
     try:
@@ -81,6 +79,16 @@ def read_command(
         return Unreadable(f"not UTF-8 JSON: {error}")
     if not isinstance(body, dict):
         return Unreadable(f"JSON value is a {type(body).__name__}, not an object")
+    return body
+
+
+def read_command(
+    raw: bytes | None, registry: dict[str, type[Command]], key_field: str
+) -> Command | Invalid | Unreadable:
+    """Parse an inbound command; `key_field` names the field a rejection is keyed by."""
+    body = json_object(raw)
+    if isinstance(body, Unreadable):
+        return body
     command_type = body.get("type")
     if not isinstance(command_type, str):
         return Unreadable("no 'type' field")

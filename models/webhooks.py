@@ -21,9 +21,7 @@ from datetime import datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
-import orjson
-
-from models.codec import Unreadable
+from models.codec import Unreadable, json_object
 
 EventType = Literal["PaymentCaptured", "PaymentFailed", "PaymentRefunded", "RefundFailed", "AccountFunded"]
 EVENT_TYPES: tuple[EventType, ...] = (
@@ -66,14 +64,12 @@ class Endpoint:
 
 def notice_of(topic: str, raw: bytes | None) -> Notice | Unreadable:
     """The notice of a message of an outcome topic, or why it cannot be one."""
-    if raw is None:
-        return Unreadable("a message without a value")
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        return Unreadable(f"not JSON: {error}")
+    value = json_object(raw)
+    if isinstance(value, Unreadable):
+        return value
+    assert raw is not None  # json_object has read it
     expected = topic.removeprefix("fintech.events.")
-    if not isinstance(value, dict) or value.get("event_type") != expected or not value.get("event_id"):
+    if value.get("event_type") != expected or not value.get("event_id"):
         return Unreadable(f"not a {expected} event with an event_id")
     try:
         occurred_at = datetime.fromisoformat(str(value.get("occurred_at")))

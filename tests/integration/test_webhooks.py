@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,98 +60,101 @@ async def outcomes_of(service: Service, keys: list[str]) -> dict[str, dict[str, 
     return {event["event_id"]: event for event in events}
 
 
-async def test_settled_deliveries_past_the_retention_are_pruned_with_attempts(database_url: str) -> None:
-    """The retention's statement (PAYMENTS_WEBHOOK_RETENTION_HOURS, agents/pruning.py), on a
-    database of its own: delivered and failed deliveries older than the retention go, with
-    their attempts, a chunk at a time; recent ones stay, and pending ones stay however old."""
+@pytest.fixture
+async def ledger(database_url: str) -> AsyncIterator[tuple[LedgerStore, asyncpg.Connection]]:
+    """A database of the test's own, migrated: the store, and a connection to look with."""
     await migrate(database_url)
     store = await LedgerStore.connect(database_url, retry_deadline_seconds=30)
     connection = await asyncpg.connect(database_url)
     try:
-        await connection.execute("INSERT INTO webhook_endpoints (endpoint_id, url, secret) "
-                                 "VALUES ('we_1', 'https://example.com/hook', 'whsec_x')")
-        rows = {  # event_id: (status, delivered_at, next_attempt_at), ages in minutes
-            "delivered-old": ("delivered", 120, 0), "failed-old": ("failed", None, 120),
-            "delivered-new": ("delivered", 1, 0), "pending-old": ("pending", None, 120),
-        }
-        for event_id, (status, delivered_ago, next_ago) in rows.items():
-            delivery_id = await connection.fetchval(
-                "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, payload, occurred_at, "
-                "status, delivered_at, next_attempt_at) VALUES ('we_1', $1, 'PaymentCaptured', '{}', now(), "
-                "$2, now() - make_interval(mins => $3), now() - make_interval(mins => $4)) "
-                "RETURNING delivery_id",
-                event_id, status, delivered_ago, next_ago)
-            await connection.execute("INSERT INTO webhook_attempts (delivery_id, status_code, "
-                                     "latency_seconds) VALUES ($1, 500, 0.1), ($1, 200, 0.1)", delivery_id)
-
-        assert await store.prune_webhook_deliveries(older_than_seconds=3600, limit=1) == 1  # a chunk
-        assert await store.prune_webhook_deliveries(older_than_seconds=3600) == 1
-        assert await store.prune_webhook_deliveries(older_than_seconds=3600) == 0
-        left = await connection.fetch("SELECT event_id, (SELECT count(*) FROM webhook_attempts AS a "
-                                      "WHERE a.delivery_id = d.delivery_id) AS attempts "
-                                      "FROM webhook_deliveries AS d ORDER BY event_id")
-        assert [(row["event_id"], row["attempts"]) for row in left] == [
-            ("delivered-new", 2), ("pending-old", 2)]
-        assert await connection.fetchval("SELECT count(*) FROM webhook_attempts") == 4
-
-        # A removed endpoint's pending deliveries are given up, and so pruned in their turn.
-        await connection.execute("INSERT INTO webhook_endpoints (endpoint_id, url, secret) "
-                                 "VALUES ('we_2', 'https://example.com/other', 'whsec_y')")
-        await connection.execute("INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, "
-                                 "payload, occurred_at) "
-                                 "VALUES ('we_2', 'owed', 'PaymentCaptured', '{}', now())")
-        assert await store.remove_webhook_endpoint("we_2")
-        given_up = await connection.fetchrow("SELECT status, last_error FROM webhook_deliveries "
-                                             "WHERE event_id = 'owed'")
-        assert (given_up["status"], given_up["last_error"]) == ("failed", "endpoint removed")
-        assert await store.prune_webhook_deliveries(older_than_seconds=0) == 2  # and delivered-new
-        left = await connection.fetch("SELECT event_id FROM webhook_deliveries")
-        assert [row["event_id"] for row in left] == ["pending-old"]
+        yield store, connection
     finally:
         await connection.close()
         await store.close()
 
 
+async def test_settled_deliveries_past_the_retention_are_pruned_with_attempts(
+    ledger: tuple[LedgerStore, asyncpg.Connection],
+) -> None:
+    """The retention's statement (PAYMENTS_WEBHOOK_RETENTION_HOURS, agents/pruning.py), on a
+    database of its own: delivered and failed deliveries older than the retention go, with
+    their attempts, a chunk at a time; recent ones stay, and pending ones stay however old."""
+    store, connection = ledger
+    await connection.execute("INSERT INTO webhook_endpoints (endpoint_id, url, secret) "
+                             "VALUES ('we_1', 'https://example.com/hook', 'whsec_x')")
+    rows = {  # event_id: (status, delivered_at, next_attempt_at), ages in minutes
+        "delivered-old": ("delivered", 120, 0), "failed-old": ("failed", None, 120),
+        "delivered-new": ("delivered", 1, 0), "pending-old": ("pending", None, 120),
+    }
+    for event_id, (status, delivered_ago, next_ago) in rows.items():
+        delivery_id = await connection.fetchval(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, payload, occurred_at, "
+            "status, delivered_at, next_attempt_at) VALUES ('we_1', $1, 'PaymentCaptured', '{}', now(), "
+            "$2, now() - make_interval(mins => $3), now() - make_interval(mins => $4)) "
+            "RETURNING delivery_id",
+            event_id, status, delivered_ago, next_ago)
+        await connection.execute("INSERT INTO webhook_attempts (delivery_id, status_code, "
+                                 "latency_seconds) VALUES ($1, 500, 0.1), ($1, 200, 0.1)", delivery_id)
+
+    assert await store.prune_webhook_deliveries(older_than_seconds=3600, limit=1) == 1  # a chunk
+    assert await store.prune_webhook_deliveries(older_than_seconds=3600) == 1
+    assert await store.prune_webhook_deliveries(older_than_seconds=3600) == 0
+    left = await connection.fetch("SELECT event_id, (SELECT count(*) FROM webhook_attempts AS a "
+                                  "WHERE a.delivery_id = d.delivery_id) AS attempts "
+                                  "FROM webhook_deliveries AS d ORDER BY event_id")
+    assert [(row["event_id"], row["attempts"]) for row in left] == [
+        ("delivered-new", 2), ("pending-old", 2)]
+    assert await connection.fetchval("SELECT count(*) FROM webhook_attempts") == 4
+
+    # A removed endpoint's pending deliveries are given up, and so pruned in their turn.
+    await connection.execute("INSERT INTO webhook_endpoints (endpoint_id, url, secret) "
+                             "VALUES ('we_2', 'https://example.com/other', 'whsec_y')")
+    await connection.execute("INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, "
+                             "payload, occurred_at) "
+                             "VALUES ('we_2', 'owed', 'PaymentCaptured', '{}', now())")
+    assert await store.remove_webhook_endpoint("we_2")
+    given_up = await connection.fetchrow("SELECT status, last_error FROM webhook_deliveries "
+                                         "WHERE event_id = 'owed'")
+    assert (given_up["status"], given_up["last_error"]) == ("failed", "endpoint removed")
+    assert await store.prune_webhook_deliveries(older_than_seconds=0) == 2  # and delivered-new
+    left = await connection.fetch("SELECT event_id FROM webhook_deliveries")
+    assert [row["event_id"] for row in left] == ["pending-old"]
+
+
 async def test_an_endpoint_is_owed_what_occurred_since_its_registration_within_the_retention(
-    database_url: str,
+    ledger: tuple[LedgerStore, asyncpg.Connection],
 ) -> None:
     """Events read again long after (a consumer group starting from the topics' beginning):
     none reaches an endpoint registered after it occurred, none older than the retention
     is owed again, and nothing is redelivered to, or left pending for, a removed endpoint."""
-    await migrate(database_url)
-    store = await LedgerStore.connect(database_url, retry_deadline_seconds=30)
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(
-            "INSERT INTO webhook_endpoints (endpoint_id, url, secret, created_at) VALUES "
-            "('we_old', 'https://example.com/a', 'whsec_x', now() - interval '3 days'), "
-            "('we_new', 'https://example.com/b', 'whsec_y', now() - interval '1 hour')")
-        now = datetime.now(UTC)
+    store, connection = ledger
+    await connection.execute(
+        "INSERT INTO webhook_endpoints (endpoint_id, url, secret, created_at) VALUES "
+        "('we_old', 'https://example.com/a', 'whsec_x', now() - interval '3 days'), "
+        "('we_new', 'https://example.com/b', 'whsec_y', now() - interval '1 hour')")
+    now = datetime.now(UTC)
 
-        def notice(event_id: str, ago: timedelta) -> Notice:
-            return Notice(event_id, "PaymentCaptured", ("acct",), now - ago, b"{}")
+    def notice(event_id: str, ago: timedelta) -> Notice:
+        return Notice(event_id, "PaymentCaptured", ("acct",), now - ago, b"{}")
 
-        notices = [notice("recent", timedelta(minutes=1)), notice("two-hours", timedelta(hours=2)),
-                   notice("two-days", timedelta(days=2))]
-        await store.write_events([], notices, webhook_retention_hours=24)
-        made = await connection.fetch("SELECT endpoint_id, event_id FROM webhook_deliveries ORDER BY 1, 2")
-        assert [(row["endpoint_id"], row["event_id"]) for row in made] == [
-            ("we_new", "recent"), ("we_old", "recent"), ("we_old", "two-hours")]
+    notices = [notice("recent", timedelta(minutes=1)), notice("two-hours", timedelta(hours=2)),
+               notice("two-days", timedelta(days=2))]
+    await store.write_events([], notices, webhook_retention_hours=24)
+    made = await connection.fetch("SELECT endpoint_id, event_id FROM webhook_deliveries ORDER BY 1, 2")
+    assert [(row["endpoint_id"], row["event_id"]) for row in made] == [
+        ("we_new", "recent"), ("we_old", "recent"), ("we_old", "two-hours")]
 
-        # A batch that wrote a delivery as its endpoint was being removed: given up by the pruning.
-        assert await store.remove_webhook_endpoint("we_new")
-        await connection.execute("INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, "
-                                 "payload, occurred_at) "
-                                 "VALUES ('we_new', 'late', 'PaymentCaptured', '{}', now())")
-        await store.prune_webhook_deliveries(older_than_seconds=3600)
-        statuses = await connection.fetch("SELECT event_id, status FROM webhook_deliveries "
-                                          "WHERE endpoint_id = 'we_new' ORDER BY event_id")
-        assert [(row["event_id"], row["status"]) for row in statuses] == [
-            ("late", "failed"), ("recent", "failed")]
-        assert await store.redeliver_webhooks(event_id="recent") == 1  # we_old's only
-    finally:
-        await connection.close()
-        await store.close()
+    # A batch that wrote a delivery as its endpoint was being removed: given up by the pruning.
+    assert await store.remove_webhook_endpoint("we_new")
+    await connection.execute("INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, "
+                             "payload, occurred_at) "
+                             "VALUES ('we_new', 'late', 'PaymentCaptured', '{}', now())")
+    await store.prune_webhook_deliveries(older_than_seconds=3600)
+    statuses = await connection.fetch("SELECT event_id, status FROM webhook_deliveries "
+                                      "WHERE endpoint_id = 'we_new' ORDER BY event_id")
+    assert [(row["event_id"], row["status"]) for row in statuses] == [
+        ("late", "failed"), ("recent", "failed")]
+    assert await store.redeliver_webhooks(event_id="recent") == 1  # we_old's only
 
 
 async def test_every_outcome_reaches_a_healthy_receiver_once_signed(service: Service) -> None:

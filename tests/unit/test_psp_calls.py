@@ -128,7 +128,7 @@ async def test_answers_of_calls_ending_together_go_in_one_send_to_their_homes() 
 
 
 def recorded(payments: dict[str, Payment]):  # type: ignore[no-untyped-def]
-    return payments.get
+    return lambda payment_id, home: payments.get(payment_id)
 
 
 async def test_answers_whose_send_failed_are_sent_again_by_their_calls() -> None:
